@@ -1,0 +1,55 @@
+"""Errors that reach the user. Each names the file, the column and the rule that was broken."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class SeqrecError(Exception):
+    """Base class for errors that are shown to the user without a traceback."""
+
+
+class DataContractError(SeqrecError):
+    """Input data broke a rule of the data contract (DESIGN.md section 3)."""
+
+    def __init__(
+        self,
+        file: str | None,
+        column: str | None,
+        rule: str,
+        sample: Iterable[Any] | None = None,
+        count: int | None = None,
+    ) -> None:
+        self.file = file
+        self.column = column
+        self.rule = rule
+        self.sample = [_short(v) for v in list(sample or [])[:5]]
+        self.count = count
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        parts = [f"file: {self.file or '-'}", f"column: {self.column or '-'}", f"rule: {self.rule}"]
+        if self.count is not None:
+            parts.append(f"offending rows: {self.count}")
+        if self.sample:
+            parts.append(f"sample: {self.sample}")
+        return "data contract violated; " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "column": self.column,
+            "rule": self.rule,
+            "sample": self.sample,
+            "count": self.count,
+        }
+
+
+class ConfigError(SeqrecError):
+    """The pipeline configuration is invalid (unknown key, bad value, bad path)."""
+
+
+def _short(v: Any) -> Any:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."

@@ -1,0 +1,71 @@
+"""Atomic writes and content hashing: nothing half-written may ever be visible (DESIGN.md 8)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; rename it to `final` only if the block succeeds.
+
+    The temp dir lives next to `final` so the rename is atomic on one file system. If `final`
+    appeared meanwhile (a concurrent run produced the same content-addressed version), the new copy
+    is discarded: both are identical by construction.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def file_digest(path: Path, algo: str = "blake2b") -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, algo).hexdigest()
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Hash of a JSON-serialisable object, independent of dict order."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()[:n]
+
+
+def clean_stale_temps(parent: Path) -> None:
+    """Remove temp dirs left by a killed process (they are never read)."""
+    if not Path(parent).is_dir():
+        return
+    for p in Path(parent).glob(".*.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)

