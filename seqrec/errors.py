@@ -36,6 +36,9 @@ class DataContractError(SeqrecError):
             parts.append(f"sample: {self.sample}")
         return "data contract violated; " + "; ".join(parts)
 
+    def __reduce__(self):  # survive pickling across Dask worker processes
+        return (self.__class__, (self.file, self.column, self.rule, self.sample, self.count))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "file": self.file,

@@ -37,13 +37,13 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any, sort_keys: bool = False) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+            json.dump(obj, fh, indent=2, sort_keys=sort_keys, default=str)
             fh.write("\n")
         os.replace(tmp, path)
     except BaseException:

@@ -1,0 +1,87 @@
+"""PipelineConfig: one pydantic model composed of each stage's own config.
+
+Loaded from YAML, then `--set dotted.key=value` overrides (values parsed as YAML scalars/lists),
+then Prefect parameters. Unknown keys are errors, not silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from seqrec.errors import ConfigError
+from tasks.dask_cluster import DaskConfig
+from tasks.preprocess import PreprocessConfig
+from tasks.sources import DataConfig
+from validation.config import ValidationConfig
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    dask: DaskConfig = DaskConfig()
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set expects dotted.key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    tree: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {p} must be a mapping at the top level")
+    for item in overrides or []:
+        _set_dotted(tree, *parse_override(item))
+    return validate_config(tree, source=str(path) if path else "--set")
+
+
+def validate_config(tree: dict[str, Any], source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as e:
+        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"invalid configuration ({source}): " + "; ".join(lines)) from None
+
+
+def flatten(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys -> values (MLflow params, summaries)."""
+    tree = cfg.model_dump(by_alias=True) if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,130 @@
+"""The training flow: ingest -> validate raw -> preprocess -> validate processed (-> later stages).
+
+Composition only: which task, in what order, with what config. Each stage is timed and the run
+summary is rewritten atomically after every stage, so a failure still leaves a complete record of
+what ran, what failed and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.config import PipelineConfig
+from seqrec.errors import SeqrecError
+from seqrec.fsutil import write_json_atomic
+from tasks import preprocess as pre
+from tasks import sources, validate
+from tasks.dask_cluster import dask_client
+
+STAGES = ["ingest", "validate_raw", "preprocess", "validate_processed"]
+
+
+@task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=lambda t, r, s: not isinstance(s.result(raise_on_failure=False), SeqrecError))
+def ingest_task(cfg: sources.DataConfig) -> sources.ResolvedInputs:
+    return sources.resolve_inputs(cfg)
+
+
+@task(name="validate_raw", cache_policy=NO_CACHE)
+def validate_raw_task(inputs, vcfg, client, report_dir: Path):
+    return validate.validate_raw(inputs, vcfg, client, report_dir)
+
+
+@task(name="preprocess", cache_policy=NO_CACHE)
+def preprocess_task(inputs, pcfg, vcfg, client, workdir: Path, qrules):
+    return pre.preprocess(inputs, pcfg, vcfg, client, workdir, qrules)
+
+
+@task(name="validate_processed", cache_policy=NO_CACHE)
+def validate_processed_task(result, vcfg, raw_results, report_dir: Path):
+    return validate.validate_processed(result, vcfg, raw_results, report_dir)
+
+
+class RunSummary:
+    """Written to <run_dir>/summary.json after every stage."""
+
+    def __init__(self, run_dir: Path, run_id: str) -> None:
+        self.path = run_dir / "summary.json"
+        self.data: dict[str, Any] = {"status": "running", "failed_stage": None, "error": None, "run_id": run_id,
+                                     "data_version": None, "dataset": None, "timings_s": {}, "stages": [],
+                                     "run_dir": str(run_dir)}
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        except BaseException as e:
+            self.data.update(status="failed", failed_stage=name, error=f"{type(e).__name__}: {e}" if not
+                             isinstance(e, SeqrecError) else str(e))
+            if not isinstance(e, SeqrecError):
+                self.data["traceback"] = traceback.format_exc()[-4000:]
+            raise
+        finally:
+            self.data["timings_s"][name] = round(time.perf_counter() - t, 3)
+            self.data["stages"].append(name)
+            self.save()
+
+
+@flow(name="seqrec-training", log_prints=True)
+def training_flow(config: PipelineConfig, workdir: str = ".seqrec", run_id: str = "manual",
+                  until: str | None = None) -> dict[str, Any]:
+    log = get_run_logger()
+    wd = Path(workdir).resolve()
+    run_dir = wd / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = RunSummary(run_dir, run_id)
+    t0 = time.perf_counter()
+
+    def done(name: str) -> bool:
+        return until == name
+
+    with summary.stage("ingest"):
+        inputs = ingest_task(config.data)
+        log.info("ingest: %d event file(s) from source %s", len(inputs.events), inputs.source)
+    if done("ingest"):
+        return _finish(summary, t0)
+    with dask_client(config.dask, wd) as client:
+        log.info("dask: %s", client.dashboard_link if config.dask.address else f"local cluster {client.scheduler.address}")
+        with summary.stage("validate_raw"):
+            raw = validate_raw_task(inputs, config.validation, client, run_dir)
+            summary.data["quality"] = {"report_dir": str(run_dir / "quality"),
+                                       "tables": {r.table: {"rows": r.rows, "success": r.success}
+                                                  for r in raw}}
+        if done("validate_raw"):
+            return _finish(summary, t0)
+        with summary.stage("preprocess"):
+            qrules = None
+            if config.validation.mode == "quarantine" and any(r.quarantined_rows for r in raw):
+                events = next(r for r in raw if r.table == "events")
+                qrules = validate.event_quarantine_rules(inputs, config.validation,
+                                                         [r.column for r in events.rules])
+            result = preprocess_task(inputs, config.preprocess, config.validation, client, wd, qrules)
+            summary.data.update(data_version=result.data_version, data_path=result.path,
+                                data_reused=result.reused, drops=result.drops,
+                                dataset={k: result.counts[k] for k in ("users", "items", "events")})
+            log.info("preprocess: data version %s (%s), %s, dropped %s", result.data_version,
+                     "reused" if result.reused else "new", summary.data["dataset"], result.drops)
+    # processed validation gates the version even with --until preprocess: a data version becomes
+    # visible only after it passed, so "preprocess" includes it
+    with summary.stage("validate_processed"):
+        validate_processed_task(result, config.validation, raw, run_dir)
+    return _finish(summary, t0)
+
+
+def _finish(summary: RunSummary, t0: float) -> dict[str, Any]:
+    summary.data["status"] = "completed"
+    summary.data["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
+    summary.save()
+    return summary.data

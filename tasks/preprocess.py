@@ -1,0 +1,351 @@
+"""Preprocessing on Dask: raw files -> a content-addressed data version (DESIGN.md section 3).
+
+Work is split into Dask futures so that every step is explicit and memory stays bounded:
+  A. per input piece (parquet row group / CSV file): map + type columns, quarantine, row filters,
+     unique ids;
+  B. per piece: ids -> codes in the global raw vocabulary, hash-partition rows by user;
+  C. per user bucket: exact-duplicate removal, item/user counts (iterated to a k-core);
+  D. per user bucket: final indices, stable time order, sessions, gap buckets, split markers,
+     one parquet part of sequences.parquet.
+Everything is written into a staging directory; `validate_processed` renames it into place only
+after the processed suite passed, so a data version directory is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from seqrec.errors import DataContractError
+from seqrec.fsutil import stable_hash, write_json_atomic
+from tasks.sources import ResolvedInputs
+from validation.config import ValidationConfig
+from validation.contract import (OPTIONAL_EVENT_COLUMNS, REQUIRED_EVENT_COLUMNS, event_pieces, map_columns,
+                                 read_table_file, type_events)
+from validation.suites import Rule, quarantine_mask
+
+PREPROCESS_CODE_VERSION = 1
+PAD, UNKNOWN = 0, 1  # item index 0 = padding, 1 = unknown item; real items start at 2
+GAP_PAD, GAP_FIRST = 0, 1
+
+
+class PreprocessConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_types: list[str] | None = Field(None, description="keep only these event types (default: all)")
+    min_value: float | None = Field(None, description="drop events with value below this (e.g. rating >= 4)")
+    min_user_events: int = Field(1, ge=1)
+    min_item_events: int = Field(1, ge=1)
+    kcore_max_iter: int = Field(20, ge=1, description="alternate user/item count filters until stable")
+    session_gap_s: int = Field(1800, ge=1, description="a gap above this starts a new session")
+    gap_bucket_edges_s: list[int] = [60, 300, 1800, 3600, 10_800, 43_200, 86_400, 259_200, 604_800,
+                                     2_592_000, 15_552_000]
+    rows_per_bucket: int = Field(2_000_000, ge=1000, description="target events per user bucket (parallel unit)")
+
+
+class PreprocessResult(BaseModel):
+    data_version: str
+    path: str
+    staging_path: str | None = None
+    reused: bool = False
+    counts: dict[str, int] = {}
+    drops: dict[str, int] = {}
+    seconds: float = 0.0
+
+
+def data_version(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationConfig) -> str:
+    return stable_hash({
+        "inputs": inputs.fingerprint, "columns": inputs.columns.model_dump(), "schema": inputs.schema_.model_dump(),
+        "preprocess": pcfg.model_dump(), "quarantine": vcfg.model_dump(include={"mode", "max_quarantine_fraction",
+                                                                                "allowed_event_types", "value_min",
+                                                                                "value_max"}),
+        "code": PREPROCESS_CODE_VERSION,
+    }, n=16)
+
+
+def event_type_vocab(vcfg: ValidationConfig, pcfg: PreprocessConfig) -> list[str]:
+    """Index 0 = padding, then the allowed types in config order (+ 'event' for logs without types)."""
+    kept = pcfg.event_types or vcfg.allowed_event_types
+    return ["<pad>", *dict.fromkeys([*kept, "event"])]
+
+
+# --------------------------------------------------------------------------- phase A / B (per piece)
+
+
+def _load_piece(idx: int, file: str, row_group: int | None, columns: dict, qrules: list[Rule] | None,
+                event_types: list[str] | None, min_value: float | None) -> tuple[pd.DataFrame, dict]:
+    raw = read_table_file(file, row_group=row_group)
+    df = type_events(map_columns(raw, columns, file, REQUIRED_EVENT_COLUMNS, OPTIONAL_EVENT_COLUMNS), file)
+    df["_order"] = (np.int64(idx) << np.int64(36)) + np.arange(len(df), dtype=np.int64)
+    stats = {"input": len(df)}
+    if qrules:
+        bad = quarantine_mask(df, qrules)
+        stats["quarantined"] = int(bad.sum())
+        df = df[~bad]
+    if event_types is not None and "event_type" in df.columns:
+        keep = df["event_type"].isin(event_types)
+        stats["event_type_filter"] = int((~keep).sum())
+        df = df[keep]
+    if min_value is not None and "value" in df.columns:
+        keep = df["value"] >= min_value
+        stats["value_threshold"] = int((~keep).sum())
+        df = df[keep]
+    df = df.dropna(subset=["user_id", "item_id", "timestamp"])
+    return df.reset_index(drop=True), stats
+
+
+def _uniques(piece: tuple[pd.DataFrame, dict]) -> tuple[np.ndarray, np.ndarray, dict]:
+    df, stats = piece
+    return (df["user_id"].unique().to_numpy(dtype=object), df["item_id"].unique().to_numpy(dtype=object), stats)
+
+
+def _encode_piece(piece: tuple[pd.DataFrame, dict], users: pd.Index, items: pd.Index, etypes: list[str],
+                  n_buckets: int) -> list[pd.DataFrame]:
+    df, _ = piece
+    out = pd.DataFrame({
+        "user": users.get_indexer(df["user_id"]).astype(np.int32),
+        "item": items.get_indexer(df["item_id"]).astype(np.int32),
+        "ts": df["timestamp"].to_numpy(dtype=np.int64),
+        "etype": (pd.Index(etypes).get_indexer(df["event_type"]) if "event_type" in df.columns
+                  else np.full(len(df), etypes.index("event"))).astype(np.int8),
+        "value": df["value"].to_numpy(dtype=np.float32, na_value=np.nan) if "value" in df.columns
+        else np.full(len(df), np.nan, np.float32),
+        "order": df["_order"].to_numpy(),
+    })
+    if "session_id" in df.columns:
+        out["session_key"] = pd.util.hash_array(df["session_id"].fillna("").to_numpy(dtype=object)).astype(np.int64)
+    bucket = out["user"].to_numpy() % n_buckets
+    return [out[bucket == b].reset_index(drop=True) for b in range(n_buckets)]
+
+
+# --------------------------------------------------------------------------- phase C / D (per bucket)
+
+
+def _dedup_bucket(*parts: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    df = pd.concat(parts, ignore_index=True)
+    cols = [c for c in df.columns if c != "order"]
+    # keep the first occurrence in original row order
+    df = df.sort_values("order", kind="stable")
+    dup = df.duplicated(subset=cols, keep="first")
+    return df[~dup].reset_index(drop=True), int(dup.sum())
+
+
+def _bucket_counts(bucket: tuple[pd.DataFrame, int], item_keep: np.ndarray | None, user_keep: np.ndarray | None,
+                   n_items: int, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    df = _filtered(bucket[0], item_keep, user_keep)
+    return (np.bincount(df["item"].to_numpy(), minlength=n_items),
+            np.bincount(df["user"].to_numpy(), minlength=n_users))
+
+
+def _filtered(df: pd.DataFrame, item_keep: np.ndarray | None, user_keep: np.ndarray | None) -> pd.DataFrame:
+    mask = np.ones(len(df), bool)
+    if item_keep is not None:
+        mask &= item_keep[df["item"].to_numpy()]
+    if user_keep is not None:
+        mask &= user_keep[df["user"].to_numpy()]
+    return df[mask] if not mask.all() else df
+
+
+def _gap_bucket(gaps: np.ndarray, first: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    b = (2 + np.searchsorted(edges, gaps, side="left")).astype(np.int8)
+    b[first] = GAP_FIRST
+    return b
+
+
+def build_sequences(df: pd.DataFrame, user_ids: np.ndarray, session_gap_s: int, edges: np.ndarray) -> pa.Table:
+    """Rows of (user, item, ts, etype, value, order) with final indices -> one row per user."""
+    order = np.lexsort((df["order"].to_numpy(), df["ts"].to_numpy(), df["user"].to_numpy()))
+    user = df["user"].to_numpy()[order]
+    ts = df["ts"].to_numpy()[order]
+    n = len(user)
+    first = np.ones(n, bool)
+    first[1:] = user[1:] != user[:-1]
+    starts = np.flatnonzero(first)
+    lengths = np.diff(np.append(starts, n))
+    gaps = np.zeros(n, np.int64)
+    gaps[1:] = ts[1:] - ts[:-1]
+    gaps[first] = 0
+    new_session = first | (gaps > session_gap_s)
+    if "session_key" in df.columns:
+        sk = df["session_key"].to_numpy()[order]
+        new_session[1:] |= sk[1:] != sk[:-1]
+    sess_global = np.cumsum(new_session) - 1
+    session = (sess_global - np.repeat(sess_global[starts], lengths)).astype(np.int32)
+    pos_from_end = np.repeat(starts + lengths - 1, lengths) - np.arange(n)
+    eligible = np.repeat(lengths >= 3, lengths)
+    split = np.where(eligible & (pos_from_end == 0), 2, np.where(eligible & (pos_from_end == 1), 1, 0)).astype(np.int8)
+    offsets = pa.array(np.append(starts, n).astype(np.int32))
+
+    def lst(values: np.ndarray) -> pa.ListArray:
+        return pa.ListArray.from_arrays(offsets, pa.array(values))
+
+    uidx = user[starts]
+    n_train = np.where(lengths >= 3, lengths - 2, lengths).astype(np.int32)
+    return pa.table({
+        "user_idx": pa.array(uidx.astype(np.int32)),
+        "user_id": pa.array(user_ids[uidx], type=pa.string()),
+        "items": lst(df["item"].to_numpy()[order].astype(np.int32)),
+        "event_types": lst(df["etype"].to_numpy()[order].astype(np.int8)),
+        "timestamps": lst(ts),
+        "gap_buckets": lst(_gap_bucket(gaps, first, edges)),
+        "sessions": lst(session),
+        "values": lst(df["value"].to_numpy()[order].astype(np.float32)),
+        "split": lst(split),
+        "n_events": pa.array(lengths.astype(np.int32)),
+        "n_train": pa.array(n_train),
+    })
+
+
+def _finish_bucket(b: int, bucket: tuple[pd.DataFrame, int], item_keep: np.ndarray, user_keep: np.ndarray,
+                   item_final: np.ndarray, user_final: np.ndarray, user_ids: np.ndarray, session_gap_s: int,
+                   edges: list[int], out_dir: str) -> tuple[int, int]:
+    df = _filtered(bucket[0], item_keep, user_keep).copy()
+    df["item"] = item_final[df["item"].to_numpy()]
+    df["user"] = user_final[df["user"].to_numpy()]
+    if len(df) == 0:
+        return 0, 0
+    table = build_sequences(df, user_ids, session_gap_s, np.asarray(edges, np.int64))
+    table = table.take(pa.array(np.argsort(table["user_idx"].to_numpy(), kind="stable")))
+    pq.write_table(table, Path(out_dir) / f"part-{b:05d}.parquet", row_group_size=200_000)
+    return table.num_rows, len(df)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _kcore(client, buckets, pcfg: PreprocessConfig, n_items: int, n_users: int) -> tuple[np.ndarray, np.ndarray, int]:
+    item_keep = np.ones(n_items, bool)
+    user_keep = np.ones(n_users, bool)
+    iterations = 0
+    for iterations in range(1, pcfg.kcore_max_iter + 1):
+        ik, uk = client.scatter([item_keep, user_keep], broadcast=True)
+        counts = client.gather([client.submit(_bucket_counts, b, ik, uk, n_items, n_users, pure=False) for b in buckets])
+        item_n = np.sum([c[0] for c in counts], axis=0)
+        user_n = np.sum([c[1] for c in counts], axis=0)
+        new_item = item_keep & (item_n >= pcfg.min_item_events)
+        new_user = user_keep & (user_n >= pcfg.min_user_events)
+        if (new_item == item_keep).all() and (new_user == user_keep).all():
+            break
+        item_keep, user_keep = new_item, new_user
+    return item_keep, user_keep, iterations
+
+
+def preprocess(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationConfig, client, workdir: Path,
+               quarantine_rules: list[Rule] | None = None) -> PreprocessResult:
+    """Run phases A-D on `client`; write a staged data version (see module doc)."""
+    t0 = time.perf_counter()
+    version = data_version(inputs, pcfg, vcfg)
+    final = Path(workdir) / "data" / version
+    if final.is_dir():
+        meta = json.loads((final / "meta.json").read_text())
+        return PreprocessResult(data_version=version, path=str(final), reused=True, counts=meta["counts"],
+                                drops=meta["drops"], seconds=time.perf_counter() - t0)
+    staging = final.parent / f".staging-{version}-{int(time.time() * 1000)}"
+    (staging / "sequences.parquet").mkdir(parents=True)
+    try:
+        return _preprocess_into(staging, final, version, inputs, pcfg, vcfg, client, quarantine_rules, t0)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedInputs, pcfg: PreprocessConfig,
+                     vcfg: ValidationConfig, client, qrules, t0: float) -> PreprocessResult:
+    columns = inputs.columns.model_dump()
+    etypes = event_type_vocab(vcfg, pcfg)
+    pieces = event_pieces(inputs.events)
+    loaded = [client.submit(_load_piece, i, f, rg, columns, qrules, pcfg.event_types, pcfg.min_value, pure=False)
+              for i, (f, rg) in enumerate(pieces)]
+    uniq = client.gather([client.submit(_uniques, p, pure=False) for p in loaded])
+    drops: dict[str, int] = {}
+    n_input = 0
+    for _, _, st in uniq:
+        n_input += st["input"]
+        for k, v in st.items():
+            if k != "input":
+                drops[k] = drops.get(k, 0) + v
+    raw_users = pd.Index(np.unique(np.concatenate([u[0] for u in uniq]).astype(str)) if uniq else [])
+    raw_items = pd.Index(np.unique(np.concatenate([u[1] for u in uniq]).astype(str)) if uniq else [])
+    kept_rows = n_input - sum(drops.values())
+    if kept_rows <= 0:
+        raise DataContractError(inputs.events[0], None, "no events left after filtering "
+                                f"(input {n_input}, dropped {drops})")
+    n_buckets = max(1, min(64, -(-kept_rows // pcfg.rows_per_bucket)))
+    u_f, i_f = client.scatter([raw_users, raw_items], broadcast=True)
+    encoded = [client.submit(_encode_piece, p, u_f, i_f, etypes, n_buckets, pure=False) for p in loaded]
+    del loaded
+    buckets = []
+    for b in range(n_buckets):
+        parts = [client.submit(lambda parts, b=b: parts[b], e, pure=False) for e in encoded]
+        buckets.append(client.submit(_dedup_bucket, *parts, pure=False))
+    del encoded
+    dup_counts = client.gather([client.submit(lambda x: x[1], b, pure=False) for b in buckets])
+    drops["duplicates"] = int(sum(dup_counts))
+    item_keep, user_keep, iters = _kcore(client, buckets, pcfg, len(raw_items), len(raw_users))
+    before = kept_rows - drops["duplicates"]
+    # final vocab: surviving ids in sorted order; items from 2 (0 pad, 1 unknown), users from 1 (0 unknown)
+    item_final = np.zeros(len(raw_items), np.int32)
+    item_final[item_keep] = np.arange(item_keep.sum(), dtype=np.int32) + 2
+    user_final = np.zeros(len(raw_users), np.int32)
+    user_final[user_keep] = np.arange(user_keep.sum(), dtype=np.int32) + 1
+    user_ids = np.concatenate([["<unknown>"], raw_users.to_numpy(dtype=object)[user_keep]]).astype(object)
+    scattered = client.scatter([item_keep, user_keep, item_final, user_final, user_ids], broadcast=True)
+    rows = client.gather([client.submit(_finish_bucket, b, bk, *scattered, pcfg.session_gap_s, pcfg.gap_bucket_edges_s,
+                                        str(staging / "sequences.parquet"), pure=False)
+                          for b, bk in enumerate(buckets)])
+    n_events = sum(r[1] for r in rows)
+    drops["min_counts"] = int(before - n_events)
+    counts = {"input_events": n_input, "events": int(n_events), "users": int(sum(r[0] for r in rows)),
+              "items": int(item_keep.sum()), "kcore_iterations": iters}
+    _write_vocab(staging, raw_items.to_numpy(dtype=object)[item_keep], user_ids[1:], etypes)
+    _write_tables(staging, inputs, raw_items.to_numpy(dtype=object)[item_keep], user_ids[1:])
+    meta = {"data_version": version, "created": time.time(), "counts": counts, "drops": drops,
+            "source": inputs.source, "inputs": {"events": inputs.events, "users": inputs.users, "items": inputs.items},
+            "schema": inputs.schema_.model_dump(), "preprocess": pcfg.model_dump(),
+            "event_types": etypes, "n_gap_buckets": len(pcfg.gap_bucket_edges_s) + 3,
+            "index": {"item_pad": PAD, "item_unknown": UNKNOWN, "item_first": 2, "user_unknown": 0}}
+    write_json_atomic(staging / "meta.json", meta)
+    return PreprocessResult(data_version=version, path=str(final), staging_path=str(staging), counts=counts,
+                            drops=drops, seconds=time.perf_counter() - t0)
+
+
+def _write_vocab(out: Path, item_ids: np.ndarray, user_ids: np.ndarray, etypes: list[str]) -> None:
+    (out / "vocab").mkdir(exist_ok=True)
+    pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string()),
+                             "item_idx": pa.array(np.arange(len(item_ids), dtype=np.int32) + 2)}),
+                   out / "vocab" / "items.parquet")
+    pq.write_table(pa.table({"user_id": pa.array(user_ids, pa.string()),
+                             "user_idx": pa.array(np.arange(len(user_ids), dtype=np.int32) + 1)}),
+                   out / "vocab" / "users.parquet")
+    (out / "vocab" / "event_types.json").write_text(json.dumps(etypes))
+
+
+def _write_tables(out: Path, inputs: ResolvedInputs, item_ids: np.ndarray, user_ids: np.ndarray) -> None:
+    """Profile/attribute tables restricted to the vocabulary, keyed by index (views read these)."""
+    from validation.contract import type_entities
+
+    s = inputs.schema_
+    (out / "tables").mkdir(exist_ok=True)
+    if inputs.users:
+        users = type_entities(read_table_file(inputs.users), "user_id", inputs.users, s.user_categorical,
+                              s.user_numeric, [], [])
+        idx = pd.Index(user_ids.astype(str)).get_indexer(users["user_id"])
+        users = users[idx >= 0].assign(user_idx=idx[idx >= 0] + 1).sort_values("user_idx")
+        users.to_parquet(out / "tables" / "users.parquet", index=False)
+    if inputs.items:
+        items = type_entities(read_table_file(inputs.items), "item_id", inputs.items, s.item_categorical,
+                              s.item_numeric, s.item_text, s.item_multi)
+        idx = pd.Index(item_ids.astype(str)).get_indexer(items["item_id"])
+        items = items[idx >= 0].assign(item_idx=idx[idx >= 0] + 2).sort_values("item_idx")
+        items.to_parquet(out / "tables" / "items.parquet", index=False)
+
+
+def read_sequences(path: Path | str) -> pd.DataFrame:
+    return pq.read_table(Path(path) / "sequences.parquet").to_pandas()

@@ -1,0 +1,143 @@
+"""Data-quality gate stages: raw tables before preprocessing, sequences after it.
+
+A failure writes the GX report (JSON + Data Docs) under <workdir>/reports/<run>/quality and raises
+a DataContractError naming file, column, rule and offending values; nothing else is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from seqrec.errors import DataContractError
+from tasks.preprocess import PreprocessResult, read_sequences
+from tasks.sources import ResolvedInputs
+from validation.config import ValidationConfig
+from validation.contract import (OPTIONAL_EVENT_COLUMNS, REQUIRED_EVENT_COLUMNS, event_pieces, map_columns,
+                                 read_table_file, type_entities, type_events)
+from validation.suites import (Rule, TableResult, apply_quarantine, entity_rules, event_rules, merge_outcomes,
+                               raise_for, sequence_checks, sequence_rules, validate_frame, write_reports)
+
+
+def _event_frame(file: str, rg: int | None, columns: dict, known_items, known_users) -> pd.DataFrame:
+    df = type_events(map_columns(read_table_file(file, row_group=rg), columns, file, REQUIRED_EVENT_COLUMNS,
+                                 OPTIONAL_EVENT_COLUMNS), file)
+    if known_items is not None:
+        df["_item_known"] = df["item_id"].isin(known_items) | df["item_id"].isna()
+    if known_users is not None:
+        df["_user_known"] = df["user_id"].isin(known_users) | df["user_id"].isna()
+    return df
+
+
+def _validate_piece(file: str, rg: int | None, columns: dict, rules: list[Rule], known_items, known_users):
+    df = _event_frame(file, rg, columns, known_items, known_users)
+    return validate_frame("events", df, rules, file), len(df)
+
+
+def _entity(inputs: ResolvedInputs, which: str) -> tuple[pd.DataFrame | None, str | None]:
+    path = getattr(inputs, which)
+    if not path:
+        return None, None
+    s = inputs.schema_
+    if which == "users":
+        df = type_entities(read_table_file(path), "user_id", path, s.user_categorical, s.user_numeric, [], [])
+    else:
+        df = type_entities(read_table_file(path), "item_id", path, s.item_categorical, s.item_numeric,
+                           s.item_text, s.item_multi)
+    return df, path
+
+
+def event_quarantine_rules(inputs: ResolvedInputs, vcfg: ValidationConfig, columns: list[str]) -> list[Rule]:
+    return [r for r in event_rules(vcfg, columns) if r.row_level and r.mostly >= 1.0]
+
+
+def validate_raw(inputs: ResolvedInputs, vcfg: ValidationConfig, client, report_dir: Path,
+                 now: int | None = None) -> list[TableResult]:
+    """Validate users, items and events (events per piece on Dask, merged); raise on failure."""
+    results: list[TableResult] = []
+    docs: dict[str, list[tuple[str, pd.DataFrame]]] = {}
+    known: dict[str, np.ndarray | None] = {"users": None, "items": None}
+    for which, key in (("users", "user_id"), ("items", "item_id")):
+        df, path = _entity(inputs, which)
+        if df is None:
+            continue
+        numeric = inputs.schema_.user_numeric if which == "users" else inputs.schema_.item_numeric
+        rules = entity_rules(key, which, numeric, vcfg)
+        t = time.perf_counter()
+        res = TableResult(which, rules, validate_frame(which, df, rules, path), rows=len(df), files=[path])
+        res.seconds = time.perf_counter() - t
+        results.append(res)
+        docs[which] = [("all", df)]
+        known[which] = df[key].dropna().unique()
+    pieces = event_pieces(inputs.events)
+    columns = inputs.columns.model_dump()
+    head = _event_frame(*pieces[0], columns, known["items"], known["users"])
+    rules = event_rules(vcfg, list(head.columns), now=now, check_items=known["items"] is not None,
+                        check_users=known["users"] is not None)
+    t = time.perf_counter()
+    if len(pieces) == 1:
+        parts = [(validate_frame("events", head, rules, pieces[0][0]), len(head))]
+    else:
+        ki, ku = client.scatter([known["items"], known["users"]], broadcast=True)
+        parts = client.gather([client.submit(_validate_piece, f, rg, columns, rules, ki, ku, pure=False)
+                               for f, rg in pieces])
+    ev = TableResult("events", rules, merge_outcomes([p[0] for p in parts]), rows=sum(p[1] for p in parts),
+                     files=inputs.events)
+    ev.seconds = time.perf_counter() - t
+    apply_quarantine(ev, vcfg)
+    results.append(ev)
+    failing = [i for i, p in enumerate(parts) if any(not o.success for o in p[0])]
+    doc_pieces = sorted(set(range(min(len(pieces), vcfg.docs_max_pieces))) | set(failing[:4]))
+    docs["events"] = [(f"piece-{i}", head if i == 0 else _event_frame(*pieces[i], columns, known["items"],
+                                                                       known["users"])) for i in doc_pieces]
+    paths = write_reports(results, docs, report_dir / "quality")
+    for r in results:
+        if not r.success:
+            raise_for(r)
+    del paths
+    return results
+
+
+def validate_processed(pre: PreprocessResult, vcfg: ValidationConfig, raw_results: list[TableResult],
+                       report_dir: Path) -> TableResult:
+    """Check processed invariants on the staged version, then move it into place atomically."""
+    import json
+
+    if pre.reused:
+        return TableResult("sequences", [], [], rows=pre.counts.get("users", 0))
+    staging = Path(pre.staging_path)
+    try:
+        meta = json.loads((staging / "meta.json").read_text())
+        seq = read_sequences(staging)
+        checks = sequence_checks(seq)
+        rules = sequence_rules(meta["counts"]["items"], len(meta["event_types"]) - 1)
+        t = time.perf_counter()
+        res = TableResult("sequences", rules, validate_frame("sequences", checks, rules,
+                                                             str(staging / "sequences.parquet")),
+                          rows=len(checks), files=[str(Path(pre.path) / "sequences.parquet")])
+        res.seconds = time.perf_counter() - t
+        for r in raw_results:
+            if r.table == "events" and r.quarantined_rows:
+                r.quarantined_rows = pre.drops.get("quarantined", 0)
+        write_reports([*raw_results, res], {"sequences": [("all", checks)]}, report_dir / "quality")
+        if not res.success:
+            raise_for(res)
+        shutil.copytree(report_dir / "quality", staging / "quality")
+        try:
+            os.rename(staging, pre.path)
+        except OSError:
+            if not Path(pre.path).is_dir():  # a concurrent run with the same inputs finished first
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+        return res
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+__all__ = ["validate_raw", "validate_processed", "event_quarantine_rules", "DataContractError"]

@@ -1,0 +1,24 @@
+"""Configuration of the data-quality gate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MIN_TIMESTAMP = 631_152_000  # 1990-01-01T00:00:00Z
+
+
+class ValidationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["fail", "quarantine"] = Field(
+        "fail", description="fail: stop the flow; quarantine: drop offending rows up to max_quarantine_fraction")
+    max_quarantine_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    allowed_event_types: list[str] = ["view", "click", "cart", "purchase", "rate"]
+    value_min: float = -1e6
+    value_max: float = 1e6
+    max_future_skew_s: int = Field(86_400, description="tolerated clock skew past 'now'")
+    unknown_item_tolerance: float = Field(0.0, ge=0.0, le=1.0, description="fraction of events whose item is not in the items table")
+    unknown_user_tolerance: float = Field(0.0, ge=0.0, le=1.0)
+    numeric_abs_max: float = Field(1e9, description="profile/attribute numerics must be finite and within +-this")
+    docs_max_pieces: int = Field(16, description="Data Docs pages for at most this many event partitions (+ failing ones)")

@@ -1,0 +1,346 @@
+"""Great Expectations 1.x suites for raw events, users, items and processed sequences.
+
+One rule table drives three things: the GX expectations (the authoritative gate and the Data Docs),
+the row masks used by `quarantine` mode, and the merge of per-partition results (large event sets
+are validated partition by partition, in parallel, then merged by counts).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from seqrec.errors import DataContractError
+from validation.config import MIN_TIMESTAMP, ValidationConfig
+
+Kind = Literal["not_null", "between", "in_set", "unique", "rows_at_least"]
+GX_NAMES = {"not_null": "expect_column_values_to_not_be_null", "between": "expect_column_values_to_be_between",
+            "in_set": "expect_column_values_to_be_in_set", "unique": "expect_column_values_to_be_unique",
+            "rows_at_least": "expect_table_row_count_to_be_between"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    column: str
+    kind: Kind
+    text: str
+    min: float | None = None
+    max: float | None = None
+    values: tuple = ()
+    mostly: float = 1.0
+    row_level: bool = True
+
+    def expectation(self):
+        import great_expectations as gx
+
+        e = gx.expectations
+        kw: dict[str, Any] = {"mostly": self.mostly} if self.mostly < 1.0 else {}
+        if self.kind == "not_null":
+            return e.ExpectColumnValuesToNotBeNull(column=self.column, **kw)
+        if self.kind == "between":
+            return e.ExpectColumnValuesToBeBetween(column=self.column, min_value=self.min, max_value=self.max, **kw)
+        if self.kind == "in_set":
+            return e.ExpectColumnValuesToBeInSet(column=self.column, value_set=list(self.values), **kw)
+        if self.kind == "unique":
+            return e.ExpectColumnValuesToBeUnique(column=self.column)
+        return e.ExpectTableRowCountToBeBetween(min_value=int(self.min or 1))
+
+    def violations(self, df: pd.DataFrame) -> pd.Series:
+        """Rows that break the rule (the same semantics as the GX expectation; nulls pass value rules)."""
+        s = df[self.column]
+        if self.kind == "not_null":
+            return s.isna()
+        if self.kind == "between":
+            v = pd.to_numeric(s, errors="coerce").astype("float64")
+            bad = pd.Series(False, index=df.index)
+            if self.min is not None:
+                bad |= v < self.min
+            if self.max is not None:
+                bad |= v > self.max
+            return bad | (np.isinf(v) & v.notna())
+        if self.kind == "in_set":
+            return s.notna() & ~s.isin(list(self.values))
+        if self.kind == "unique":
+            return s.duplicated(keep=False) & s.notna()
+        return pd.Series(False, index=df.index)
+
+
+@dataclass
+class ExpectationOutcome:
+    rule: Rule
+    element_count: int = 0
+    unexpected_count: int = 0
+    sample: list = field(default_factory=list)
+    file: str | None = None
+
+    @property
+    def success(self) -> bool:
+        if self.rule.kind == "rows_at_least":
+            return self.element_count >= (self.rule.min or 1)
+        if self.element_count == 0:
+            return True
+        return self.unexpected_count / self.element_count <= 1.0 - self.rule.mostly + 1e-12
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "column": self.rule.column if self.rule.kind != "rows_at_least" else None,
+            "expectation": GX_NAMES[self.rule.kind],
+            "rule": self.rule.text,
+            "mostly": self.rule.mostly,
+            "success": self.success,
+            "element_count": self.element_count,
+            "unexpected_count": self.unexpected_count,
+            "unexpected_fraction": (self.unexpected_count / self.element_count) if self.element_count else 0.0,
+            "sample": [_jsonable(v) for v in self.sample[:5]],
+            "file": self.file,
+        }
+
+
+@dataclass
+class TableResult:
+    table: str
+    rules: list[Rule]
+    outcomes: list[ExpectationOutcome]
+    rows: int = 0
+    files: list[str] = field(default_factory=list)
+    quarantined_rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def success(self) -> bool:
+        return all(o.success for o in self.outcomes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "success": self.success, "rows": self.rows, "files": self.files,
+                "quarantined_rows": self.quarantined_rows, "seconds": round(self.seconds, 3),
+                "expectations": [o.to_dict() for o in self.outcomes]}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.generic,)):
+        return v.item()
+    if v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+
+
+# --------------------------------------------------------------------------- rule tables
+
+
+def event_rules(cfg: ValidationConfig, columns: list[str], now: int | None = None,
+                check_items: bool = False, check_users: bool = False) -> list[Rule]:
+    now = int(now or time.time())
+    rules = [
+        Rule("user_id", "rows_at_least", "events table must not be empty", min=1, row_level=False),
+        Rule("user_id", "not_null", "user_id must not be null"),
+        Rule("item_id", "not_null", "item_id must not be null"),
+        Rule("timestamp", "not_null", "timestamp must not be null"),
+        Rule("timestamp", "between", "timestamp must be unix seconds between 1990-01-01 and now",
+             min=MIN_TIMESTAMP, max=now + cfg.max_future_skew_s),
+    ]
+    if "event_type" in columns:
+        rules.append(Rule("event_type", "in_set", f"event_type must be one of {cfg.allowed_event_types}",
+                          values=tuple(cfg.allowed_event_types)))
+    if "value" in columns:
+        rules.append(Rule("value", "between", f"value must be finite and within [{cfg.value_min}, {cfg.value_max}]",
+                          min=cfg.value_min, max=cfg.value_max))
+    if check_items:
+        rules.append(Rule("_item_known", "in_set",
+                          f"item_id must exist in the items table (tolerated fraction {cfg.unknown_item_tolerance})",
+                          values=(True,), mostly=1.0 - cfg.unknown_item_tolerance))
+    if check_users:
+        rules.append(Rule("_user_known", "in_set",
+                          f"user_id must exist in the users table (tolerated fraction {cfg.unknown_user_tolerance})",
+                          values=(True,), mostly=1.0 - cfg.unknown_user_tolerance))
+    return rules
+
+
+def entity_rules(key: str, table: str, numeric: list[str], cfg: ValidationConfig) -> list[Rule]:
+    rules = [
+        Rule(key, "rows_at_least", f"{table} table must not be empty", min=1, row_level=False),
+        Rule(key, "not_null", f"{key} must not be null"),
+        Rule(key, "unique", f"{key} must be unique in the {table} table", row_level=False),
+    ]
+    for col in numeric:
+        rules.append(Rule(col, "between", f"{col} must be finite and within +-{cfg.numeric_abs_max:g}",
+                          min=-cfg.numeric_abs_max, max=cfg.numeric_abs_max))
+    return rules
+
+
+def sequence_rules(n_items: int, n_event_types: int) -> list[Rule]:
+    return [
+        Rule("user_idx", "rows_at_least", "sequences must not be empty", min=1, row_level=False),
+        Rule("user_idx", "unique", "one row per user", row_level=False),
+        Rule("min_item", "between", f"item indices must be in [2, {n_items + 1}] (0=pad, 1=unknown)",
+             min=2, max=n_items + 1, row_level=False),
+        Rule("max_item", "between", f"item indices must be in [2, {n_items + 1}]", min=2, max=n_items + 1, row_level=False),
+        Rule("max_event_type", "between", f"event type indices must be in [1, {n_event_types}]",
+             min=1, max=n_event_types, row_level=False),
+        Rule("time_sorted", "in_set", "timestamps must be non-decreasing within a user", values=(True,), row_level=False),
+        Rule("split_ok", "in_set", "split markers must be train..., valid, test (or all train below 3 events)",
+             values=(True,), row_level=False),
+        Rule("lengths_ok", "in_set", "all per-event lists of a user must have the same length", values=(True,), row_level=False),
+    ]
+
+
+def sequence_checks(seq: pd.DataFrame) -> pd.DataFrame:
+    """Per-user scalar invariants of sequences.parquet, for the processed suite."""
+    def ok_split(s: np.ndarray) -> bool:
+        n = len(s)
+        want = np.zeros(n, np.int8)
+        if n >= 3:
+            want[-2:] = (1, 2)
+        return bool(np.array_equal(s, want))
+
+    items = seq["items"]
+    return pd.DataFrame({
+        "user_idx": seq["user_idx"].to_numpy(),
+        "min_item": [int(np.min(x)) if len(x) else -1 for x in items],
+        "max_item": [int(np.max(x)) if len(x) else -1 for x in items],
+        "max_event_type": [int(np.max(x)) if len(x) else -1 for x in seq["event_types"]],
+        "time_sorted": [bool(np.all(np.diff(np.asarray(t)) >= 0)) for t in seq["timestamps"]],
+        "split_ok": [ok_split(np.asarray(s)) for s in seq["split"]],
+        "lengths_ok": [len(a) == len(b) == len(c) == len(d) for a, b, c, d in
+                       zip(items, seq["timestamps"], seq["gap_buckets"], seq["split"])],
+    })
+
+
+# --------------------------------------------------------------------------- running
+
+
+@functools.lru_cache(maxsize=1)
+def _ephemeral_context():
+    import great_expectations as gx
+
+    ctx = gx.get_context(mode="ephemeral")
+    _quiet(ctx)
+    return ctx
+
+
+def _quiet(ctx) -> None:
+    try:
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    except Exception:  # noqa: BLE001 - progress bars are cosmetic
+        pass
+
+
+def _suite(rules: list[Rule], name: str):
+    import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name=name)
+    for r in rules:
+        suite.add_expectation(r.expectation())
+    return suite
+
+
+def run_gx(ctx, table: str, df: pd.DataFrame, rules: list[Rule], with_docs: bool = False, tag: str = "all"):
+    """Validate one frame with GX; returns the GX suite validation result."""
+    import great_expectations as gx
+
+    ds = ctx.data_sources.add_or_update_pandas(f"{table}-source")
+    asset = ds.get_asset(table) if table in [a.name for a in ds.assets] else ds.add_dataframe_asset(table)
+    bd_names = [b.name for b in asset.batch_definitions]
+    bd = asset.get_batch_definition(tag) if tag in bd_names else asset.add_batch_definition_whole_dataframe(tag)
+    suite = ctx.suites.add_or_update(_suite(rules, f"{table}-suite"))
+    vd = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(data=bd, suite=suite, name=f"{table}-{tag}"))
+    if not with_docs:
+        return vd.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
+    cp = ctx.checkpoints.add_or_update(gx.Checkpoint(
+        name=f"{table}-{tag}-cp", validation_definitions=[vd],
+        actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")], result_format={"result_format": "SUMMARY"}))
+    res = cp.run(batch_parameters={"dataframe": df})
+    return next(iter(res.run_results.values()))
+
+
+def outcomes_from_gx(result, rules: list[Rule], rows: int, file: str | None) -> list[ExpectationOutcome]:
+    outs = []
+    for rule, r in zip(rules, result.results):
+        res = r.result or {}
+        unexpected = int(res.get("unexpected_count") or 0)
+        outs.append(ExpectationOutcome(rule, element_count=int(res.get("element_count", rows) if rule.kind != "rows_at_least" else rows),
+                                       unexpected_count=unexpected,
+                                       sample=list(res.get("partial_unexpected_list") or [])[:5],
+                                       file=file if unexpected or (rule.kind == "rows_at_least" and rows == 0) else None))
+    return outs
+
+
+def validate_frame(table: str, df: pd.DataFrame, rules: list[Rule], file: str | None) -> list[ExpectationOutcome]:
+    """Run GX on one frame in this process (an ephemeral context, reused)."""
+    res = run_gx(_ephemeral_context(), table, df, rules)
+    return outcomes_from_gx(res, rules, len(df), file)
+
+
+def merge_outcomes(parts: list[list[ExpectationOutcome]]) -> list[ExpectationOutcome]:
+    merged = [ExpectationOutcome(o.rule) for o in parts[0]]
+    for part in parts:
+        for m, o in zip(merged, part):
+            m.element_count += o.element_count
+            m.unexpected_count += o.unexpected_count
+            if o.unexpected_count and len(m.sample) < 5:
+                m.sample.extend(o.sample[: 5 - len(m.sample)])
+            m.file = m.file or o.file
+    return merged
+
+
+def apply_quarantine(result: TableResult, cfg: ValidationConfig) -> None:
+    """In quarantine mode, row-level failures within the allowed fraction become drops, not errors."""
+    if cfg.mode != "quarantine" or result.rows == 0:
+        return
+    failing = [o for o in result.outcomes if not o.success]
+    if not failing or any(not o.rule.row_level for o in failing):
+        return
+    if sum(o.unexpected_count for o in failing) / result.rows > cfg.max_quarantine_fraction:
+        return
+    result.quarantined_rows = -1  # exact count comes from the masks applied in preprocessing
+    for o in failing:
+        o.rule = Rule(**{**o.rule.__dict__, "mostly": 0.0})  # recorded as passed-by-quarantine
+
+
+def raise_for(result: TableResult) -> None:
+    for o in result.outcomes:
+        if not o.success:
+            file = o.file or (result.files[0] if result.files else None)
+            raise DataContractError(file, None if o.rule.kind == "rows_at_least" else o.rule.column.lstrip("_").replace("_known", "_id"),
+                                    o.rule.text, o.sample, o.unexpected_count or None)
+
+
+def quarantine_mask(df: pd.DataFrame, rules: list[Rule]) -> pd.Series:
+    bad = pd.Series(False, index=df.index)
+    for r in rules:
+        if r.row_level and r.mostly >= 1.0:
+            bad |= r.violations(df)
+    return bad
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def write_reports(results: list[TableResult], frames_for_docs: dict[str, list[tuple[str, pd.DataFrame]]],
+                  out_dir: Path) -> dict[str, str]:
+    """quality/<table>.json + summary.json, and Data Docs HTML built by GX for the given frames."""
+    import great_expectations as gx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        (out_dir / f"{r.table}.json").write_text(json.dumps(r.to_dict(), indent=2, default=str))
+    summary = {"success": all(r.success for r in results), "tables": [
+        {"table": r.table, "success": r.success, "rows": r.rows, "quarantined_rows": r.quarantined_rows,
+         "failed": [o.rule.text for o in r.outcomes if not o.success]} for r in results]}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    ctx = gx.get_context(mode="file", project_root_dir=str(out_dir))
+    _quiet(ctx)
+    by_table = {r.table: r for r in results}
+    for table, frames in frames_for_docs.items():
+        for tag, df in frames:
+            run_gx(ctx, table, df, by_table[table].rules, with_docs=True, tag=tag)
+    docs = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    return {"summary": str(out_dir / "summary.json"), "data_docs": str(docs) if docs.exists() else ""}
