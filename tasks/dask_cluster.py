@@ -38,7 +38,9 @@ def dask_client(cfg: DaskConfig, workdir: Path) -> Iterator["distributed.Client"
         os.environ.setdefault(var, "1")
     with dask.config.set({"temporary-directory": str(scratch), "distributed.worker.daemon": False,
                           "distributed.admin.system-monitor.gil.enabled": False}):
+        # worker processes talk over TCP on loopback only; threads use the in-process transport
+        net = {"host": "127.0.0.1"} if cfg.processes else {}
         with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker,
                           processes=cfg.processes, memory_limit=cfg.memory_limit, dashboard_address=None,
-                          host="127.0.0.1", local_directory=str(scratch), silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
+                          local_directory=str(scratch), silence_logs=logging.WARNING, **net) as cluster, Client(cluster) as client:
             yield client

@@ -225,7 +225,7 @@ def _kcore(client, buckets, pcfg: PreprocessConfig, n_items: int, n_users: int) 
     user_keep = np.ones(n_users, bool)
     iterations = 0
     for iterations in range(1, pcfg.kcore_max_iter + 1):
-        ik, uk = client.scatter([item_keep, user_keep], broadcast=True)
+        ik, uk = client.scatter([item_keep, user_keep], broadcast=True, hash=False)
         counts = client.gather([client.submit(_bucket_counts, b, ik, uk, n_items, n_users, pure=False) for b in buckets])
         item_n = np.sum([c[0] for c in counts], axis=0)
         user_n = np.sum([c[1] for c in counts], axis=0)
@@ -278,7 +278,7 @@ def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedI
         raise DataContractError(inputs.events[0], None, "no events left after filtering "
                                 f"(input {n_input}, dropped {drops})")
     n_buckets = max(1, min(64, -(-kept_rows // pcfg.rows_per_bucket)))
-    u_f, i_f = client.scatter([raw_users, raw_items], broadcast=True)
+    u_f, i_f = client.scatter([raw_users, raw_items], broadcast=True, hash=False)
     encoded = [client.submit(_encode_piece, p, u_f, i_f, etypes, n_buckets, pure=False) for p in loaded]
     del loaded
     buckets = []
@@ -296,7 +296,7 @@ def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedI
     user_final = np.zeros(len(raw_users), np.int32)
     user_final[user_keep] = np.arange(user_keep.sum(), dtype=np.int32) + 1
     user_ids = np.concatenate([["<unknown>"], raw_users.to_numpy(dtype=object)[user_keep]]).astype(object)
-    scattered = client.scatter([item_keep, user_keep, item_final, user_final, user_ids], broadcast=True)
+    scattered = client.scatter([item_keep, user_keep, item_final, user_final, user_ids], broadcast=True, hash=False)
     rows = client.gather([client.submit(_finish_bucket, b, bk, *scattered, pcfg.session_gap_s, pcfg.gap_bucket_edges_s,
                                         str(staging / "sequences.parquet"), pure=False)
                           for b, bk in enumerate(buckets)])

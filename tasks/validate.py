@@ -83,7 +83,7 @@ def validate_raw(inputs: ResolvedInputs, vcfg: ValidationConfig, client, report_
     if len(pieces) == 1:
         parts = [(validate_frame("events", head, rules, pieces[0][0]), len(head))]
     else:
-        ki, ku = client.scatter([known["items"], known["users"]], broadcast=True)
+        ki, ku = client.scatter([known["items"], known["users"]], broadcast=True, hash=False)
         parts = client.gather([client.submit(_validate_piece, f, rg, columns, rules, ki, ku, pure=False)
                                for f, rg in pieces])
     ev = TableResult("events", rules, merge_outcomes([p[0] for p in parts]), rows=sum(p[1] for p in parts),

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """A cache shared by the session (ml-100k fetched at most once); CI may point it elsewhere."""
+    d = Path(os.environ.get("SEQREC_CACHE_DIR") or tmp_path_factory.mktemp("cache"))
+    os.environ["SEQREC_CACHE_DIR"] = str(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    from tasks.synthetic import generate
+
+    d = tmp_path_factory.mktemp("synth")
+    generate(300, 80, 12_000, 7, d)
+    return d
+
+
+def small_events() -> pd.DataFrame:
+    """A hand-checkable log: ties on timestamp, an exact duplicate, a short user, unsorted rows."""
+    return pd.DataFrame({
+        "user_id": ["a", "a", "a", "a", "b", "b", "a", "c", "c", "c", "b"],
+        "item_id": ["x", "y", "z", "x", "y", "z", "w", "x", "y", "z", "x"],
+        "timestamp": [1_000_000_100, 1_000_000_100, 1_000_000_050, 1_000_000_100, 1_000_000_000,
+                      1_000_000_010, 1_000_100_000, 1_000_000_000, 1_000_000_001, 1_000_000_002, 1_000_000_020],
+        "event_type": ["view", "click", "view", "view", "view", "view", "purchase", "view", "view", "view", "cart"],
+        "value": [1.0, 2.0, 3.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0, 2.0],
+    })
+
+
+def run_cfg(events: str, users: str | None = None, items: str | None = None, **extra) -> "PipelineConfig":  # noqa: F821
+    from flows.config import validate_config
+
+    tree = {"data": {"source": "files", "events": events, "users": users, "items": items},
+            "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2}}
+    for k, v in extra.items():
+        node = tree
+        parts = k.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return validate_config(tree)

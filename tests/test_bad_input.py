@@ -1,0 +1,145 @@
+"""The foundation's battery of broken input: each case fails the real flow at the right stage with
+an error naming the file, the column and the rule, and leaves no data version behind."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import run_cfg, small_events
+
+NOW = int(time.time())
+
+
+def _events(tmp: Path, df: pd.DataFrame | None = None, fmt: str = "csv") -> str:
+    df = small_events() if df is None else df
+    path = tmp / f"events.{fmt}"
+    (df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False))
+    return str(path)
+
+
+def _with(**changes) -> pd.DataFrame:
+    df = small_events().astype({"timestamp": object, "user_id": object, "value": object})
+    for col, (row, val) in changes.items():
+        df.loc[row, col] = val
+    return df
+
+
+def case_missing_column(tmp):
+    return run_cfg(_events(tmp, small_events().drop(columns=["timestamp"]))), "timestamp", "missing"
+
+
+def case_unparsable_timestamp(tmp):
+    return run_cfg(_events(tmp, _with(timestamp=(2, "yesterday")))), "timestamp", "integer unix time"
+
+
+def case_null_ids(tmp):
+    return run_cfg(_events(tmp, _with(user_id=(3, None)), fmt="parquet")), "user_id", "must not be null"
+
+
+def case_negative_timestamp(tmp):
+    return run_cfg(_events(tmp, _with(timestamp=(1, -5)))), "timestamp", "1990"
+
+
+def case_future_timestamp(tmp):
+    return run_cfg(_events(tmp, _with(timestamp=(1, NOW + 10 * 86_400)))), "timestamp", "now"
+
+
+def case_milliseconds(tmp):
+    df = small_events()
+    df["timestamp"] = df["timestamp"] * 1000
+    return run_cfg(_events(tmp, df)), "timestamp", "unix seconds"
+
+
+def case_empty_input(tmp):
+    path = tmp / "events.csv"
+    path.write_text("user_id,item_id,timestamp,event_type,value\n")
+    return run_cfg(str(path)), "events.csv", "must not be empty"
+
+
+def case_duplicate_user_ids(tmp):
+    users = pd.DataFrame({"user_id": ["a", "b", "c", "a"]})
+    users.to_csv(tmp / "users.csv", index=False)
+    return run_cfg(_events(tmp), users=str(tmp / "users.csv")), "user_id", "unique"
+
+
+def case_duplicate_item_ids(tmp):
+    items = pd.DataFrame({"item_id": ["w", "x", "y", "z", "z"]})
+    items.to_parquet(tmp / "items.parquet")
+    return run_cfg(_events(tmp), items=str(tmp / "items.parquet")), "item_id", "unique"
+
+
+def case_out_of_range_value(tmp):
+    return run_cfg(_events(tmp, _with(value=(4, 1e12)))), "value", "within"
+
+
+def case_unknown_items(tmp):
+    pd.DataFrame({"item_id": ["x", "y", "z"]}).to_csv(tmp / "items.csv", index=False)
+    return run_cfg(_events(tmp), items=str(tmp / "items.csv")), "item_id", "items table"
+
+
+def case_malformed_csv(tmp):
+    path = tmp / "events.csv"
+    path.write_text('user_id,item_id,timestamp\na,x,1000000000\nb,"y,1000000001\nc,z,1,2,3\n')
+    return run_cfg(str(path)), "events.csv", "well-formed CSV"
+
+
+def case_no_files(tmp):
+    return run_cfg(str(tmp / "nothing-here" / "*.parquet")), "nothing-here", "no parquet/CSV files"
+
+
+def case_unknown_event_type(tmp):
+    return run_cfg(_events(tmp, _with(event_type=(0, "teleport")))), "event_type", "must be one of"
+
+
+def case_not_utf8(tmp):
+    path = tmp / "events.csv"
+    path.write_bytes("user_id,item_id,timestamp\n\xe9a,x,1000000000\n".encode("latin-1"))
+    return run_cfg(str(path)), "events.csv", "UTF-8"
+
+
+def case_column_map_to_missing(tmp):
+    return run_cfg(_events(tmp), data__columns={"user_id": "customer"}), "customer", "missing"
+
+
+CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
+def test_broken_input_fails_cleanly(case, tmp_path, prefect_harness, cache_dir):
+    from flows.training import training_flow
+
+    (tmp_path / "in").mkdir()
+    cfg, column, rule = case(tmp_path / "in")
+    wd = tmp_path / "wd"
+    state = training_flow(config=cfg, workdir=str(wd), run_id="r1", return_state=True)
+    assert state.is_failed()
+    import json
+
+    summary = json.loads((wd / "runs" / "r1" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failed_stage"] in ("ingest", "validate_raw")
+    err = summary["error"]
+    assert "file:" in err and "rule:" in err, err
+    assert column in err and rule in err, err
+    assert not (wd / "data").exists() or not any((wd / "data").iterdir()), "a data version was left behind"
+
+
+def test_quarantine_drops_a_small_fraction_and_counts_it(tmp_path, prefect_harness, cache_dir):
+    from flows.training import training_flow
+
+    df = pd.concat([small_events()] * 30, ignore_index=True)
+    df["timestamp"] = df["timestamp"] + df.index  # no duplicates
+    df.loc[5, "event_type"] = "teleport"
+    df.loc[17, "value"] = float("inf")
+    cfg = run_cfg(_events(tmp_path, df, fmt="parquet"), validation__mode="quarantine",
+                  validation__max_quarantine_fraction=0.01)
+    out = training_flow(config=cfg, workdir=str(tmp_path / "wd"), run_id="q")
+    assert out["status"] == "completed"
+    assert out["drops"]["quarantined"] == 2 and out["dataset"]["events"] == len(df) - 2
+    strict = run_cfg(_events(tmp_path, df, fmt="parquet"), validation__mode="quarantine",
+                     validation__max_quarantine_fraction=0.001)
+    state = training_flow(config=strict, workdir=str(tmp_path / "wd2"), run_id="q2", return_state=True)
+    assert state.is_failed()
