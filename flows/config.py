@@ -13,9 +13,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from seqrec.errors import ConfigError
+from models.net import ModelConfig
+from models.train import TrainConfig
 from tasks.dask_cluster import DaskConfig
+from tasks.features import ViewsConfig
 from tasks.preprocess import PreprocessConfig
 from tasks.sources import DataConfig
+from tasks.train import EvalConfig
 from validation.config import ValidationConfig
 
 
@@ -26,6 +30,10 @@ class PipelineConfig(BaseModel):
     validation: ValidationConfig = ValidationConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     dask: DaskConfig = DaskConfig()
+    views: ViewsConfig = ViewsConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

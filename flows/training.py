@@ -23,7 +23,7 @@ from tasks import preprocess as pre
 from tasks import sources, validate
 from tasks.dask_cluster import dask_client
 
-STAGES = ["ingest", "validate_raw", "preprocess", "validate_processed"]
+STAGES = ["ingest", "validate_raw", "preprocess", "validate_processed", "features", "train", "evaluate"]
 
 
 @task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
@@ -45,6 +45,29 @@ def preprocess_task(inputs, pcfg, vcfg, client, workdir: Path, qrules):
 @task(name="validate_processed", cache_policy=NO_CACHE)
 def validate_processed_task(result, vcfg, raw_results, report_dir: Path):
     return validate.validate_processed(result, vcfg, raw_results, report_dir)
+
+
+@task(name="features", cache_policy=NO_CACHE)
+def features_task(data_path: str, vcfg, cache_dir: Path) -> Path:
+    from tasks.features import build_views
+
+    return build_views(Path(data_path), vcfg, cache_dir)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(data_path: str, views: Path, config: PipelineConfig, run_dir: Path) -> dict:
+    from tasks.train import train
+
+    log = get_run_logger()
+    return train(Path(data_path), views, config.model, config.train, config.seed, run_dir,
+                 log=log.info, exclude_seen=config.eval.exclude_seen)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(data_path: str, views: Path, config: PipelineConfig, model_path: str, run_dir: Path) -> dict:
+    from tasks.train import evaluate
+
+    return evaluate(Path(data_path), views, config.model, config.train, config.eval, Path(model_path), run_dir)
 
 
 class RunSummary:
@@ -120,6 +143,25 @@ def training_flow(config: PipelineConfig, workdir: str = ".seqrec", run_id: str 
     # visible only after it passed, so "preprocess" includes it
     with summary.stage("validate_processed"):
         validate_processed_task(result, config.validation, raw, run_dir)
+    if until in ("preprocess", "validate_processed"):
+        return _finish(summary, t0)
+    with summary.stage("features"):
+        views = features_task(result.path, config.views, sources.cache_root(config.data))
+        summary.data["views_path"] = str(views)
+    if done("features"):
+        return _finish(summary, t0)
+    with summary.stage("train"):
+        trained = train_task(result.path, views, config, run_dir)
+        summary.data["history"] = trained.pop("history")
+        summary.data["training"] = trained
+    if done("train"):
+        return _finish(summary, t0)
+    with summary.stage("evaluate"):
+        ev = evaluate_task(result.path, views, config, trained["model_path"], run_dir)
+        summary.data["metrics"] = {"validation": ev["validation"], "test": ev["test"], "aux": ev["aux"]}
+        summary.data["baselines"] = ev["baselines"]
+        summary.data["per_user_metrics"] = ev["per_user_metrics"]
+        log.info("test: %s", {k: round(v, 4) for k, v in ev["test"].items() if k in ("ndcg@10", "hr@10", "mrr@10")})
     return _finish(summary, t0)
 
 

@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Fetch or generate datasets.")
 app.add_typer(data_app, name="data")
 
-STAGE_HELP = "stop after this stage: ingest, validate_raw, preprocess, validate_processed"
+STAGE_HELP = "stop after this stage: ingest, validate_raw, preprocess, validate_processed, features, train, evaluate"
 
 
 def _env_defaults() -> None:
@@ -101,6 +101,14 @@ def _print_summary(s: dict) -> None:
     if s.get("dataset"):
         con.print(f"data version [bold]{s['data_version']}[/] ({'reused' if s.get('data_reused') else 'new'}): "
                   f"{s['dataset']}; dropped: {s.get('drops')}")
+    if s.get("metrics"):
+        m = Table(title="metrics (test split, full ranking)")
+        for col in ("model", "ndcg@10", "hr@10", "mrr@10", "coverage@10"):
+            m.add_column(col, justify="right" if col != "model" else "left")
+        rows = [("seqrec", s["metrics"]["test"])] + [(k, v["test"]) for k, v in s.get("baselines", {}).items()]
+        for name, met in rows:
+            m.add_row(name, *(f"{met.get(k, float('nan')):.4f}" for k in ("ndcg@10", "hr@10", "mrr@10", "coverage@10")))
+        con.print(m)
     con.print(f"run directory: {s['run_dir']}")
 
 

@@ -1,0 +1,74 @@
+"""Tensors for training and evaluation from per-user sequences (numpy in, torch out).
+
+Training uses only each user's training events (the first n_train); every position of a window is
+a training example at once (causal). Validation input = training events, target = the validation
+event; test input = training + validation events, target = the test event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Sequences:
+    user: np.ndarray          # (U,) user index
+    items: list[np.ndarray]
+    etypes: list[np.ndarray]
+    gaps: list[np.ndarray]
+    engage: list[np.ndarray]  # per-event engagement label (0/1)
+    n_train: np.ndarray
+
+    def train_items(self) -> list[np.ndarray]:
+        return [s[:n] for s, n in zip(self.items, self.n_train)]
+
+
+def _left_pad(rows: list[np.ndarray], L: int, dtype=np.int64) -> np.ndarray:
+    out = np.zeros((len(rows), L), dtype)
+    for i, r in enumerate(rows):
+        r = r[-L:]
+        if len(r):
+            out[i, L - len(r):] = r
+    return out
+
+
+def training_windows(seqs: Sequences, L: int) -> dict[str, torch.Tensor]:
+    """Cut each user's training events into windows of L+1 from the end (stride L)."""
+    cols: dict[str, list] = {k: [] for k in ("seq", "etype", "gap", "target", "engage", "user")}
+    for u, items, et, gp, en, n in zip(seqs.user, seqs.items, seqs.etypes, seqs.gaps, seqs.engage, seqs.n_train):
+        end = int(n)
+        while end >= 2:
+            start = max(0, end - L - 1)
+            sl = slice(start, end)
+            w_items, w_et, w_gp, w_en = items[sl], et[sl], gp[sl], en[sl]
+            cols["seq"].append(w_items[:-1])
+            cols["etype"].append(w_et[:-1])
+            cols["gap"].append(w_gp[:-1])
+            cols["target"].append(w_items[1:])
+            cols["engage"].append(w_en[1:])
+            cols["user"].append(u)
+            end = start + 1 if start > 0 else 0
+    out = {k: torch.as_tensor(_left_pad(v, L)) for k, v in cols.items() if k != "user"}
+    out["user"] = torch.as_tensor(np.asarray(cols["user"], np.int64))
+    return out
+
+
+def eval_inputs(seqs: Sequences, L: int, split: str) -> dict:
+    """Inputs, targets and seen items for users with a validation/test event."""
+    keep = np.flatnonzero(np.array([len(s) for s in seqs.items]) >= 3)
+    off = 0 if split == "validation" else 1
+    hist = [seqs.items[i][: seqs.n_train[i] + off] for i in keep]
+    return {
+        "rows": keep,
+        "user": torch.as_tensor(seqs.user[keep].astype(np.int64)),
+        "seq": torch.as_tensor(_left_pad(hist, L)),
+        "etype": torch.as_tensor(_left_pad([seqs.etypes[i][: seqs.n_train[i] + off] for i in keep], L)),
+        "gap": torch.as_tensor(_left_pad([seqs.gaps[i][: seqs.n_train[i] + off] for i in keep], L)),
+        "target": np.array([seqs.items[i][seqs.n_train[i] + off] for i in keep], np.int64),
+        "engage": np.array([seqs.engage[i][seqs.n_train[i] + off] for i in keep], np.int64),
+        "seen": [np.unique(h) for h in hist],
+        "history": hist,
+    }

@@ -1,0 +1,242 @@
+"""The multi-view multi-task sequence model (DESIGN.md section 5). Torch only.
+
+Item representation = id embedding + item-view features (categorical, multi-hot, numeric buckets,
+popularity bucket, text vector), shared by the input sequence and the output scoring. Per position,
+the sequence state is fused with the user-profile vector (`concat`, `sum`, `gated`). Heads: next item
+(full softmax, or sampled softmax with logQ correction above a catalogue size), next-item attributes
+(multi-label), engagement of the next event. Ablations are switches, not separate code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.nn import functional as F
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    encoder: Literal["lstm", "transformer", "hybrid"] = "transformer"
+    dim: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    max_len: int = Field(50, ge=2)
+    item_view: bool = True
+    user_view: bool = True
+    fusion: Literal["concat", "sum", "gated"] = "gated"
+    attr_task: bool = True
+    engage_task: bool = True
+    loss_weights: dict[str, float] = {"next": 1.0, "attr": 0.2, "engage": 0.2}
+    uncertainty_weighting: bool = False
+    sampled_softmax_above: int = Field(200_000, description="catalogue size above which to sample negatives")
+    n_negatives: int = 1024
+
+
+@dataclass
+class ItemTables:
+    """Item-view inputs for every item index (0 = pad, 1 = unknown)."""
+
+    cat: torch.Tensor        # (N, n_cat) long, 0 = missing
+    cat_sizes: list[int]
+    multi: torch.Tensor      # (N, M) long, 0 = pad
+    multi_size: int
+    num: torch.Tensor        # (N, n_num) long bucket codes, 0 = missing
+    num_size: int
+    pop: torch.Tensor        # (N,) long popularity bucket
+    pop_size: int
+    text: torch.Tensor       # (N, T) float
+    attr_target: torch.Tensor  # (N, A) float multi-hot for the attribute head
+
+
+@dataclass
+class UserTables:
+    cat: torch.Tensor        # (U, n_cat) long
+    cat_sizes: list[int]
+    num: torch.Tensor        # (U, n_num) long buckets (profile numerics + activity statistics)
+    num_size: int
+    dense: torch.Tensor      # (U, D) float (e.g. genre distribution of training events)
+
+
+class ItemEncoder(nn.Module):
+    def __init__(self, n_items: int, dim: int, tables: ItemTables | None) -> None:
+        super().__init__()
+        self.id_emb = nn.Embedding(n_items, dim, padding_idx=0)
+        nn.init.normal_(self.id_emb.weight, std=dim ** -0.5)
+        self.tables = tables
+        if tables is None:
+            return
+        self.cat = nn.ModuleList(nn.Embedding(s, dim, padding_idx=0) for s in tables.cat_sizes)
+        self.multi = nn.EmbeddingBag(max(tables.multi_size, 1), dim, mode="mean", padding_idx=0)
+        self.num = nn.Embedding(max(tables.num_size, 1), dim, padding_idx=0)
+        self.pop = nn.Embedding(max(tables.pop_size, 1), dim, padding_idx=0)
+        self.text = nn.Linear(tables.text.shape[1], dim) if tables.text.shape[1] else None
+        self.mix = nn.Linear(dim, dim)
+        self.scale = nn.Parameter(torch.tensor(0.5))
+
+    def table(self) -> torch.Tensor:
+        """(N, dim): the representation of every item, used for input and output."""
+        w = self.id_emb.weight
+        t = self.tables
+        if t is None:
+            return w
+        dev = w.device
+        feat = self.multi(t.multi.to(dev)) + self.num(t.num.to(dev)).mean(1) + self.pop(t.pop.to(dev))
+        for j, emb in enumerate(self.cat):
+            feat = feat + emb(t.cat[:, j].to(dev))
+        if self.text is not None:
+            feat = feat + self.text(t.text.to(dev))
+        feat = self.mix(feat)
+        feat = torch.cat([torch.zeros_like(feat[:1]), feat[1:]])  # padding stays zero
+        return w + self.scale * feat
+
+
+class UserEncoder(nn.Module):
+    def __init__(self, dim: int, tables: UserTables, dropout: float) -> None:
+        super().__init__()
+        self.tables = tables
+        self.cat = nn.ModuleList(nn.Embedding(s, dim, padding_idx=0) for s in tables.cat_sizes)
+        self.num = nn.Embedding(max(tables.num_size, 1), dim, padding_idx=0)
+        self.dense = nn.Linear(tables.dense.shape[1], dim) if tables.dense.shape[1] else None
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        t = self.tables
+        dev = users.device
+        u = users.cpu()
+        h = self.num(t.num[u].to(dev)).mean(1)
+        for j, emb in enumerate(self.cat):
+            h = h + emb(t.cat[u, j].to(dev))
+        if self.dense is not None:
+            h = h + self.dense(t.dense[u].to(dev))
+        return self.mlp(h)
+
+
+class CausalTransformer(nn.Module):
+    def __init__(self, dim: int, layers: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout, batch_first=True, norm_first=True,
+                                           activation="gelu")
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        eye = torch.eye(L, dtype=torch.bool, device=x.device)
+        causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=x.device), 1)
+        # blocked = future keys, or padded keys; each position always sees itself, so no row is
+        # fully masked (a fully masked row gives NaN, and 0 * NaN leaks into real rows)
+        blocked = (causal.unsqueeze(0) | pad.unsqueeze(1)) & ~eye
+        blocked = blocked.repeat_interleave(self.heads, 0)
+        x = x.masked_fill(pad.unsqueeze(-1), 0.0)
+        return self.norm(self.enc(x, mask=blocked))
+
+
+class SeqRecNet(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_items: int, n_event_types: int, n_gap_buckets: int,
+                 items: ItemTables | None, users: UserTables | None, n_users: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.n_items = n_items
+        self.items = ItemEncoder(n_items, d, items if cfg.item_view else None)
+        self.etype = nn.Embedding(n_event_types, d, padding_idx=0)
+        self.gap = nn.Embedding(n_gap_buckets, d, padding_idx=0)
+        self.pos = nn.Embedding(cfg.max_len, d)
+        self.in_norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.lstm = (nn.LSTM(d, d, num_layers=1 if cfg.encoder == "hybrid" else cfg.layers, batch_first=True,
+                             dropout=cfg.dropout if cfg.encoder == "lstm" and cfg.layers > 1 else 0.0)
+                     if cfg.encoder in ("lstm", "hybrid") else None)
+        self.attn = (CausalTransformer(d, 1 if cfg.encoder == "hybrid" else cfg.layers, cfg.heads, cfg.dropout)
+                     if cfg.encoder in ("transformer", "hybrid") else None)
+        self.user = UserEncoder(d, users, cfg.dropout) if cfg.user_view and users is not None else None
+        if self.user is not None:
+            self.fuse = (nn.Linear(2 * d, d) if cfg.fusion == "concat" else
+                         nn.Linear(2 * d, 2) if cfg.fusion == "gated" else None)
+        self.out_norm = nn.LayerNorm(d)
+        attr_dim = items.attr_target.shape[1] if items is not None else 0
+        self.attr_head = nn.Linear(d, attr_dim) if cfg.attr_task and attr_dim else None
+        self.engage_head = nn.Linear(d, 1) if cfg.engage_task else None
+        self.log_vars = nn.Parameter(torch.zeros(3)) if cfg.uncertainty_weighting else None
+        self.attr_target = items.attr_target if items is not None else None
+
+    def encode(self, seq: torch.Tensor, etype: torch.Tensor, gap: torch.Tensor, users: torch.Tensor,
+               table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) left-padded inputs -> (B, L, dim) fused states."""
+        table = self.items.table() if table is None else table
+        L = seq.shape[1]
+        pos = torch.arange(L, device=seq.device).unsqueeze(0)
+        x = table[seq] + self.etype(etype) + self.gap(gap) + self.pos(pos + (self.cfg.max_len - L))
+        x = self.drop(self.in_norm(x))
+        pad = seq == 0
+        if self.lstm is not None:
+            x, _ = self.lstm(x)
+            x = self.drop(x)
+        if self.attn is not None:
+            x = self.attn(x, pad)
+        if self.user is not None:
+            u = self.user(users).unsqueeze(1).expand_as(x)
+            if self.cfg.fusion == "sum":
+                x = x + u
+            elif self.cfg.fusion == "concat":
+                x = self.fuse(torch.cat([x, u], -1))
+            else:  # gated attention over the two view vectors
+                w = torch.softmax(self.fuse(torch.cat([x, u], -1)), -1)
+                x = w[..., :1] * x + w[..., 1:] * u
+        return self.out_norm(x)
+
+    def scores(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return h @ table.T
+
+    def loss(self, batch: dict[str, torch.Tensor], item_log_q: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        table = self.items.table()
+        h = self.encode(batch["seq"], batch["etype"], batch["gap"], batch["user"], table)
+        tgt = batch["target"]
+        valid = tgt > 0
+        hv, tv = h[valid], tgt[valid]
+        if self.n_items > self.cfg.sampled_softmax_above and item_log_q is not None:
+            next_loss = _sampled_softmax(hv, tv, table, item_log_q, self.cfg.n_negatives)
+        else:
+            logits = self.scores(hv, table)
+            logits[:, :2] = -1e9  # never predict padding / unknown
+            next_loss = F.cross_entropy(logits.float(), tv)
+        losses = {"next": next_loss}
+        if self.attr_head is not None:
+            target = self.attr_target.to(h.device)[tv]
+            losses["attr"] = F.binary_cross_entropy_with_logits(self.attr_head(hv).float(), target)
+        if self.engage_head is not None:
+            losses["engage"] = F.binary_cross_entropy_with_logits(self.engage_head(hv).squeeze(-1).float(),
+                                                                  batch["engage"][valid].float())
+        total = torch.zeros((), device=h.device)
+        for j, (k, v) in enumerate(losses.items()):
+            if self.log_vars is not None:
+                total = total + torch.exp(-self.log_vars[j]) * v + self.log_vars[j]
+            else:
+                total = total + self.cfg.loss_weights.get(k, 1.0) * v
+        losses["total"] = total
+        return losses
+
+    @torch.no_grad()
+    def last_state(self, seq, etype, gap, users, table=None) -> torch.Tensor:
+        return self.encode(seq, etype, gap, users, table)[:, -1]
+
+
+def _sampled_softmax(h: torch.Tensor, tgt: torch.Tensor, table: torch.Tensor, log_q: torch.Tensor, n: int):
+    """Sampled softmax with logQ correction (negatives drawn from q, shared across the batch)."""
+    neg = torch.multinomial(log_q.exp(), n, replacement=True)
+    pos_logit = (h * table[tgt]).sum(-1, keepdim=True) - log_q[tgt].unsqueeze(-1)
+    neg_logit = h @ table[neg].T - log_q[neg].unsqueeze(0)
+    neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == tgt.unsqueeze(1), -1e9)
+    logits = torch.cat([pos_logit, neg_logit], -1).float()
+    return F.cross_entropy(logits, torch.zeros(len(tgt), dtype=torch.long, device=h.device))
+
+
+def param_count(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+

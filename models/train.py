@@ -1,0 +1,189 @@
+"""Training loop: AdamW, warm-up + cosine, clipping, early stopping on validation NDCG@10,
+an atomic checkpoint every epoch and resume from it, seeds, thread count, CUDA + bf16 autocast."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.data import Sequences, eval_inputs, training_windows
+from models.metrics import binary_metrics, evaluate_ranking
+from models.net import SeqRecNet
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    clip_norm: float = 1.0
+    patience: int = Field(8, ge=1, description="epochs without validation NDCG@10 improvement")
+    max_seconds: float | None = Field(None, description="stop training after this wall time")
+    threads: int = Field(2, ge=1, description="torch.set_num_threads on CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True
+    eval_every: int = 1
+    progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    torch.set_num_threads(cfg.threads)
+    return torch.device("cpu")
+
+
+def _lr_factor(step: int, total: int, warm: int, schedule: str) -> float:
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    def __init__(self, net: SeqRecNet, seqs: Sequences, cfg: TrainConfig, seed: int, ckpt_dir: Path | None,
+                 log=print, exclude_seen: bool = True) -> None:
+        self.net, self.seqs, self.cfg, self.seed, self.log = net, seqs, cfg, seed, log
+        self.exclude_seen = exclude_seen  # model selection uses the same protocol as the final evaluation
+        self.device = pick_device(cfg)
+        self.net.to(self.device)
+        self.ckpt_dir = ckpt_dir
+        self.windows = training_windows(seqs, net.cfg.max_len)
+        self.valid = eval_inputs(seqs, net.cfg.max_len, "validation")
+        self.opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.windows["seq"]) / cfg.batch_size)
+        pop = np.bincount(np.concatenate(seqs.train_items()), minlength=net.n_items).astype(np.float64) + 1
+        self.log_q = torch.as_tensor(np.log(pop / pop.sum()), dtype=torch.float32, device=self.device)
+        self.history: list[dict] = []
+        self.best = {"epoch": -1, "ndcg@10": -1.0}
+        self.best_state: dict | None = None
+        self.start_epoch = 0
+        self.train_seconds = 0.0
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch: int) -> dict:
+        return {"epoch": epoch, "model": self.net.state_dict(), "opt": self.opt.state_dict(),
+                "history": self.history, "best": self.best, "best_state": self.best_state,
+                "train_seconds": self.train_seconds, "torch_rng": torch.get_rng_state(),
+                "np_rng": np.random.get_state()[1].tolist(), "np_pos": int(np.random.get_state()[2])}
+
+    def try_resume(self) -> bool:
+        path = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
+        if not path or not path.is_file():
+            return False
+        st = torch.load(path, map_location=self.device, weights_only=True)
+        self.net.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.history, self.best, self.best_state = st["history"], st["best"], st["best_state"]
+        self.train_seconds = st["train_seconds"]
+        torch.set_rng_state(st["torch_rng"])
+        np.random.set_state(("MT19937", np.asarray(st["np_rng"], np.uint32), st["np_pos"], 0, 0.0))
+        self.start_epoch = st["epoch"] + 1
+        self.log(f"resuming from checkpoint {path} (epoch {st['epoch'] + 1} done)")
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        cfg = self.cfg
+        total = cfg.epochs * self.steps_per_epoch
+        warm = max(1, int(cfg.warmup_epochs * self.steps_per_epoch))
+        n = len(self.windows["seq"])
+        autocast = self.device.type == "cuda" and cfg.bf16
+        stale = sum(1 for h in self.history if h["epoch"] > self.best["epoch"])
+        for epoch in range(self.start_epoch, cfg.epochs):
+            if stale >= cfg.patience or (cfg.max_seconds and self.train_seconds >= cfg.max_seconds):
+                break
+            t0 = time.perf_counter()
+            self.net.train()
+            g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+            perm = torch.randperm(n, generator=g)
+            sums: dict[str, float] = {}
+            for b in range(self.steps_per_epoch):
+                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                batch = {k: v[idx].to(self.device, non_blocking=True) for k, v in self.windows.items()}
+                step = epoch * self.steps_per_epoch + b
+                for grp in self.opt.param_groups:
+                    grp["lr"] = cfg.lr * _lr_factor(step, total, warm, cfg.schedule)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    losses = self.net.loss(batch, self.log_q)
+                self.opt.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.clip_norm)
+                self.opt.step()
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+            self.train_seconds += time.perf_counter() - t0
+            val = self.evaluate(self.valid, self.exclude_seen)[0] if (epoch + 1) % cfg.eval_every == 0 else {}
+            rec = {"epoch": epoch, "elapsed_s": round(self.train_seconds, 3),
+                   "loss": {k: v / self.steps_per_epoch for k, v in sums.items()}, "validation": val}
+            self.history.append(rec)
+            if val and val["ndcg@10"] > self.best["ndcg@10"]:
+                self.best = {"epoch": epoch, "ndcg@10": val["ndcg@10"]}
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+                stale = 0
+            else:
+                stale += 1
+            if cfg.progress:
+                self.log(f"epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']['total']:.4f} "
+                         f"val ndcg@10 {val.get('ndcg@10', float('nan')):.4f} hr@10 {val.get('hr@10', float('nan')):.4f} "
+                         f"[{self.train_seconds:.1f}s]")
+            if self.ckpt_dir:
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(self.ckpt_dir / "last.pt", self._state(epoch))
+        if self.best_state is not None:
+            self.net.load_state_dict(self.best_state)
+        return {"best_epoch": self.best["epoch"], "best_validation_ndcg@10": self.best["ndcg@10"],
+                "train_seconds": round(self.train_seconds, 3), "epochs_run": len(self.history)}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, ev: dict, exclude_seen: bool = True, batch_size: int = 512) -> tuple[dict, dict, dict]:
+        self.net.eval()
+        table = self.net.items.table()
+        engage_scores: list[np.ndarray] = []
+
+        def score(idx: np.ndarray) -> torch.Tensor:
+            h = self.net.last_state(ev["seq"][idx].to(self.device), ev["etype"][idx].to(self.device),
+                                    ev["gap"][idx].to(self.device), ev["user"][idx].to(self.device), table)
+            if self.net.engage_head is not None:
+                engage_scores.append(torch.sigmoid(self.net.engage_head(h)).squeeze(-1).float().cpu().numpy())
+            return (h @ table.T).float()
+
+        means, per = evaluate_ranking(score, len(ev["target"]), ev["target"], ev["seen"] if exclude_seen else None,
+                                      self.net.n_items, batch_size)
+        aux: dict = {}
+        if engage_scores:
+            aux["engage"] = binary_metrics(ev["engage"], np.concatenate(engage_scores))
+        return means, per, aux
+
+
+def progress_printer(prefix: str = ""):
+    def log(msg: str) -> None:
+        print(prefix + msg, file=sys.stderr, flush=True)
+    return log

