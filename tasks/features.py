@@ -47,6 +47,18 @@ def _buckets(x: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _categorical_codes(frame: pd.DataFrame, columns: list[str], idx: np.ndarray, n: int) -> tuple[np.ndarray, list[int]]:
+    """(n, n_cols) codes 1..k per column at rows `idx` (0 = missing), and each column's vocabulary size."""
+    cols = [c for c in columns if c in frame]
+    cat = np.zeros((n, len(cols)), np.int64)
+    sizes = []
+    for j, c in enumerate(cols):
+        codes, uniq = pd.factorize(frame[c])
+        cat[idx, j] = codes + 1
+        sizes.append(len(uniq) + 1)
+    return cat, sizes
+
+
 def _train_part(seq: pd.DataFrame, col: str) -> list[np.ndarray]:
     return [np.asarray(v)[:n] for v, n in zip(seq[col], seq["n_train"])]
 
@@ -61,13 +73,7 @@ def item_view(data_path: Path, vcfg: ViewsConfig, cache_dir: Path) -> dict:
     path = Path(data_path) / "tables" / "items.parquet"
     items = pd.read_parquet(path) if path.is_file() else pd.DataFrame({"item_idx": np.arange(2, n)})
     idx = items["item_idx"].to_numpy()
-    cat_cols = [c for c in s["item_categorical"] if c in items]
-    cat = np.zeros((n, len(cat_cols)), np.int64)
-    cat_sizes = []
-    for j, c in enumerate(cat_cols):
-        codes, uniq = pd.factorize(items[c])
-        cat[idx, j] = codes + 1
-        cat_sizes.append(len(uniq) + 1)
+    cat, cat_sizes = _categorical_codes(items, s["item_categorical"], idx, n)
     multi_lists: dict[int, list[int]] = {int(i): [] for i in idx}
     multi_vocab: dict[str, int] = {}
     attr_vocab: list[str] = []
@@ -172,13 +178,7 @@ def user_view(data_path: Path, vcfg: ViewsConfig, attr_target: np.ndarray) -> di
     path = Path(data_path) / "tables" / "users.parquet"
     users = pd.read_parquet(path) if path.is_file() else pd.DataFrame({"user_idx": uidx})
     pidx = users["user_idx"].to_numpy()
-    cat_cols = [c for c in s["user_categorical"] if c in users]
-    cat = np.zeros((n_users, len(cat_cols)), np.int64)
-    sizes = []
-    for j, c in enumerate(cat_cols):
-        codes, uniq = pd.factorize(users[c])
-        cat[pidx, j] = codes + 1
-        sizes.append(len(uniq) + 1)
+    cat, sizes = _categorical_codes(users, s["user_categorical"], pidx, n_users)
     # activity statistics from training events only
     t_items = _train_part(seq, "items")
     t_ts = _train_part(seq, "timestamps")
