@@ -13,15 +13,13 @@ import pandas as pd
 from tasks.preprocess import PreprocessConfig, event_type_vocab
 from tasks.sources import ResolvedInputs
 from validation.config import ValidationConfig
-from validation.contract import (OPTIONAL_EVENT_COLUMNS, REQUIRED_EVENT_COLUMNS, event_pieces, map_columns,
-                                 read_table_file, type_events)
+from validation.contract import event_pieces, read_events_piece
 
 
 def reference_sequences(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationConfig) -> pd.DataFrame:
     frames = []
     for i, (f, rg) in enumerate(event_pieces(inputs.events)):
-        df = type_events(map_columns(read_table_file(f, row_group=rg), inputs.columns.model_dump(), f,
-                                     REQUIRED_EVENT_COLUMNS, OPTIONAL_EVENT_COLUMNS), f)
+        df = read_events_piece(f, rg, inputs.columns.model_dump())
         df["order"] = (i << 36) + np.arange(len(df))
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)

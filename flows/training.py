@@ -128,11 +128,7 @@ def training_flow(config: PipelineConfig, workdir: str = ".seqrec", run_id: str 
         if done("validate_raw"):
             return _finish(summary, t0)
         with summary.stage("preprocess"):
-            qrules = None
-            if config.validation.mode == "quarantine" and any(r.quarantined_rows for r in raw):
-                events = next(r for r in raw if r.table == "events")
-                qrules = validate.event_quarantine_rules(inputs, config.validation,
-                                                         [r.column for r in events.rules])
+            qrules = next(r for r in raw if r.table == "events").quarantine_rules or None
             result = preprocess_task(inputs, config.preprocess, config.validation, client, wd, qrules)
             summary.data.update(data_version=result.data_version, data_path=result.path,
                                 data_reused=result.reused, drops=result.drops,

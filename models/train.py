@@ -161,26 +161,32 @@ class Trainer:
         return {"best_epoch": self.best["epoch"], "best_validation_ndcg@10": self.best["ndcg@10"],
                 "train_seconds": round(self.train_seconds, 3), "epochs_run": len(self.history)}
 
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def evaluate(self, ev: dict, exclude_seen: bool = True, batch_size: int = 512) -> tuple[dict, dict, dict]:
-        self.net.eval()
-        table = self.net.items.table()
-        engage_scores: list[np.ndarray] = []
+        return evaluate_model(self.net, ev, exclude_seen, batch_size, self.device)
 
-        def score(idx: np.ndarray) -> torch.Tensor:
-            h = self.net.last_state(ev["seq"][idx].to(self.device), ev["etype"][idx].to(self.device),
-                                    ev["gap"][idx].to(self.device), ev["user"][idx].to(self.device), table)
-            if self.net.engage_head is not None:
-                engage_scores.append(torch.sigmoid(self.net.engage_head(h)).squeeze(-1).float().cpu().numpy())
-            return (h @ table.T).float()
 
-        means, per = evaluate_ranking(score, len(ev["target"]), ev["target"], ev["seen"] if exclude_seen else None,
-                                      self.net.n_items, batch_size)
-        aux: dict = {}
-        if engage_scores:
-            aux["engage"] = binary_metrics(ev["engage"], np.concatenate(engage_scores))
-        return means, per, aux
+@torch.no_grad()
+def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_size: int = 512,
+                   device: torch.device | None = None) -> tuple[dict, dict, dict]:
+    """Full-ranking metrics (means, per-user arrays) and auxiliary-head metrics on one split."""
+    device = device or next(net.parameters()).device
+    net.eval()
+    table = net.items.table()
+    engage_scores: list[np.ndarray] = []
+
+    def score(idx: np.ndarray) -> torch.Tensor:
+        h = net.last_state(ev["seq"][idx].to(device), ev["etype"][idx].to(device), ev["gap"][idx].to(device),
+                           ev["user"][idx].to(device), table)
+        if net.engage_head is not None:
+            engage_scores.append(torch.sigmoid(net.engage_head(h)).squeeze(-1).float().cpu().numpy())
+        return (h @ table.T).float()
+
+    means, per = evaluate_ranking(score, len(ev["target"]), ev["target"], ev["seen"] if exclude_seen else None,
+                                  net.n_items, batch_size)
+    aux: dict = {}
+    if engage_scores:
+        aux["engage"] = binary_metrics(ev["engage"], np.concatenate(engage_scores))
+    return means, per, aux
 
 
 def progress_printer(prefix: str = ""):

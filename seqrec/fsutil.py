@@ -26,15 +26,21 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        commit_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Rename a fully written directory into place; if a concurrent writer of the same
+    content-addressed directory won the race, keep theirs and drop ours."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not Path(final).is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json_atomic(path: Path, obj: Any, sort_keys: bool = False) -> None:
@@ -62,10 +68,3 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.blake2b(blob, digest_size=16).hexdigest()[:n]
 
-
-def clean_stale_temps(parent: Path) -> None:
-    """Remove temp dirs left by a killed process (they are never read)."""
-    if not Path(parent).is_dir():
-        return
-    for p in Path(parent).glob(".*.tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)

@@ -28,8 +28,7 @@ from seqrec.errors import DataContractError
 from seqrec.fsutil import stable_hash, write_json_atomic
 from tasks.sources import ResolvedInputs
 from validation.config import ValidationConfig
-from validation.contract import (OPTIONAL_EVENT_COLUMNS, REQUIRED_EVENT_COLUMNS, event_pieces, map_columns,
-                                 read_table_file, type_events)
+from validation.contract import event_pieces, read_events_piece, read_table_file
 from validation.suites import Rule, quarantine_mask
 
 PREPROCESS_CODE_VERSION = 1
@@ -81,8 +80,7 @@ def event_type_vocab(vcfg: ValidationConfig, pcfg: PreprocessConfig) -> list[str
 
 def _load_piece(idx: int, file: str, row_group: int | None, columns: dict, qrules: list[Rule] | None,
                 event_types: list[str] | None, min_value: float | None) -> tuple[pd.DataFrame, dict]:
-    raw = read_table_file(file, row_group=row_group)
-    df = type_events(map_columns(raw, columns, file, REQUIRED_EVENT_COLUMNS, OPTIONAL_EVENT_COLUMNS), file)
+    df = read_events_piece(file, row_group, columns)
     df["_order"] = (np.int64(idx) << np.int64(36)) + np.arange(len(df), dtype=np.int64)
     stats = {"input": len(df)}
     if qrules:

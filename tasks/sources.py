@@ -8,8 +8,11 @@ original GroupLens layout works too), verified by checksum and written in the st
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,8 +143,6 @@ def _read_ml100k_from_wheel(wheel: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd
     with zipfile.ZipFile(wheel) as zf:
         for name, want in ML100K_WHEEL_SHA256.items():
             blob = zf.read(f"recbole/dataset_example/ml-100k/{name}")
-            import hashlib
-
             got = hashlib.sha256(blob).hexdigest()
             if got != want:
                 raise SeqrecError(f"checksum mismatch for {name} in {wheel.name}: {got} != {want}")
@@ -210,8 +211,6 @@ def fetch_ml100k(cache: Path, from_dir: Path | None = None, force: bool = False)
     if counts != ML100K_COUNTS:
         raise SeqrecError(f"MovieLens-100K has unexpected size {counts}, expected {ML100K_COUNTS}")
     if target.exists():
-        import shutil
-
         shutil.rmtree(target)
     with atomic_dir(target) as tmp:
         events.to_parquet(tmp / "events.parquet", index=False)
@@ -224,8 +223,6 @@ def fetch_ml100k(cache: Path, from_dir: Path | None = None, force: bool = False)
 
 
 def verify_cached(target: Path) -> None:
-    import json
-
     manifest = json.loads((target / "MANIFEST.json").read_text())
     for name, digest in manifest["files"].items():
         if file_digest(target / name) != digest:

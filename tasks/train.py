@@ -15,7 +15,7 @@ from models.baselines import Markov, Popularity
 from models.data import Sequences, eval_inputs
 from models.metrics import evaluate_ranking
 from models.net import ItemTables, ModelConfig, SeqRecNet, UserTables, param_count
-from models.train import Trainer, TrainConfig, seed_everything
+from models.train import Trainer, TrainConfig, evaluate_model, pick_device, seed_everything
 from tasks.preprocess import read_sequences
 
 
@@ -72,13 +72,13 @@ def evaluate(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig,
     """Validation (for the record) and the single test pass; baselines on the same users."""
     net = build_net(data_path, views, mcfg)
     net.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
+    net.to(pick_device(tcfg))
     seqs = load_sequences(data_path, views)
-    trainer = Trainer(net, seqs, tcfg.model_copy(update={"progress": False}), 0, None)
     out: dict = {"validation": {}, "test": {}, "aux": {}, "baselines": {}}
     per_user = {}
     for split in ("validation", "test"):
-        ev = trainer.valid if split == "validation" else eval_inputs(seqs, mcfg.max_len, "test")
-        means, per, aux = trainer.evaluate(ev, ecfg.exclude_seen, ecfg.batch_size)
+        ev = eval_inputs(seqs, mcfg.max_len, split)
+        means, per, aux = evaluate_model(net, ev, ecfg.exclude_seen, ecfg.batch_size)
         out[split] = means
         out["aux"][split] = aux
         per_user[split] = (ev, per)

@@ -6,7 +6,6 @@ a DataContractError naming file, column, rule and offending values; nothing else
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -15,18 +14,17 @@ import numpy as np
 import pandas as pd
 
 from seqrec.errors import DataContractError
+from seqrec.fsutil import commit_dir
 from tasks.preprocess import PreprocessResult, read_sequences
 from tasks.sources import ResolvedInputs
 from validation.config import ValidationConfig
-from validation.contract import (OPTIONAL_EVENT_COLUMNS, REQUIRED_EVENT_COLUMNS, event_pieces, map_columns,
-                                 read_table_file, type_entities, type_events)
+from validation.contract import event_pieces, read_events_piece, read_table_file, type_entities
 from validation.suites import (Rule, TableResult, apply_quarantine, entity_rules, event_rules, merge_outcomes,
                                raise_for, sequence_checks, sequence_rules, validate_frame, write_reports)
 
 
 def _event_frame(file: str, rg: int | None, columns: dict, known_items, known_users) -> pd.DataFrame:
-    df = type_events(map_columns(read_table_file(file, row_group=rg), columns, file, REQUIRED_EVENT_COLUMNS,
-                                 OPTIONAL_EVENT_COLUMNS), file)
+    df = read_events_piece(file, rg, columns)
     if known_items is not None:
         df["_item_known"] = df["item_id"].isin(known_items) | df["item_id"].isna()
     if known_users is not None:
@@ -50,10 +48,6 @@ def _entity(inputs: ResolvedInputs, which: str) -> tuple[pd.DataFrame | None, st
         df = type_entities(read_table_file(path), "item_id", path, s.item_categorical, s.item_numeric,
                            s.item_text, s.item_multi)
     return df, path
-
-
-def event_quarantine_rules(inputs: ResolvedInputs, vcfg: ValidationConfig, columns: list[str]) -> list[Rule]:
-    return [r for r in event_rules(vcfg, columns) if r.row_level and r.mostly >= 1.0]
 
 
 def validate_raw(inputs: ResolvedInputs, vcfg: ValidationConfig, client, report_dir: Path,
@@ -95,11 +89,10 @@ def validate_raw(inputs: ResolvedInputs, vcfg: ValidationConfig, client, report_
     doc_pieces = sorted(set(range(min(len(pieces), vcfg.docs_max_pieces))) | set(failing[:4]))
     docs["events"] = [(f"piece-{i}", head if i == 0 else _event_frame(*pieces[i], columns, known["items"],
                                                                        known["users"])) for i in doc_pieces]
-    paths = write_reports(results, docs, report_dir / "quality")
+    write_reports(results, docs, report_dir / "quality")
     for r in results:
         if not r.success:
             raise_for(r)
-    del paths
     return results
 
 
@@ -122,22 +115,17 @@ def validate_processed(pre: PreprocessResult, vcfg: ValidationConfig, raw_result
                           rows=len(checks), files=[str(Path(pre.path) / "sequences.parquet")])
         res.seconds = time.perf_counter() - t
         for r in raw_results:
-            if r.table == "events" and r.quarantined_rows:
+            if r.quarantine_rules:
                 r.quarantined_rows = pre.drops.get("quarantined", 0)
         write_reports([*raw_results, res], {"sequences": [("all", checks)]}, report_dir / "quality")
         if not res.success:
             raise_for(res)
         shutil.copytree(report_dir / "quality", staging / "quality")
-        try:
-            os.rename(staging, pre.path)
-        except OSError:
-            if not Path(pre.path).is_dir():  # a concurrent run with the same inputs finished first
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
+        commit_dir(staging, Path(pre.path))
         return res
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-__all__ = ["validate_raw", "validate_processed", "event_quarantine_rules", "DataContractError"]
+__all__ = ["validate_raw", "validate_processed", "DataContractError"]

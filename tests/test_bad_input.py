@@ -143,3 +143,17 @@ def test_quarantine_drops_a_small_fraction_and_counts_it(tmp_path, prefect_harne
                      validation__max_quarantine_fraction=0.001)
     state = training_flow(config=strict, workdir=str(tmp_path / "wd2"), run_id="q2", return_state=True)
     assert state.is_failed()
+
+
+def test_quarantine_with_an_items_table(tmp_path, prefect_harness, cache_dir):
+    """Reference checks are governed by their tolerance; quarantine must still work beside them."""
+    from flows.training import training_flow
+
+    df = pd.concat([small_events()] * 30, ignore_index=True)
+    df["timestamp"] = df["timestamp"] + df.index
+    df.loc[5, "event_type"] = "teleport"
+    pd.DataFrame({"item_id": ["w", "x", "y", "z"]}).to_csv(tmp_path / "items.csv", index=False)
+    cfg = run_cfg(_events(tmp_path, df, fmt="parquet"), items=str(tmp_path / "items.csv"),
+                  validation__mode="quarantine", validation__max_quarantine_fraction=0.01)
+    out = training_flow(config=cfg, workdir=str(tmp_path / "wd"), run_id="qi", until="preprocess")
+    assert out["status"] == "completed" and out["drops"]["quarantined"] == 1

@@ -68,6 +68,12 @@ def map_columns(df: pd.DataFrame, mapping: dict[str, str | None], file: str, req
     return out.loc[:, ~out.columns.duplicated()]
 
 
+def read_events_piece(file: str, row_group: int | None, columns: dict[str, str | None]) -> pd.DataFrame:
+    """One piece of the events: read, map to the contract's column names, type."""
+    raw = read_table_file(file, row_group=row_group)
+    return type_events(map_columns(raw, columns, file, REQUIRED_EVENT_COLUMNS, OPTIONAL_EVENT_COLUMNS), file)
+
+
 def _as_id(s: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(s):  # ids read as floats (e.g. 12.0) must stay "12"
         whole = s.dropna()

@@ -36,6 +36,7 @@ class Rule:
     values: tuple = ()
     mostly: float = 1.0
     row_level: bool = True
+    report_column: str | None = None  # the user's column, when `column` is derived (e.g. _item_known)
 
     def expectation(self):
         import great_expectations as gx
@@ -79,9 +80,12 @@ class ExpectationOutcome:
     unexpected_count: int = 0
     sample: list = field(default_factory=list)
     file: str | None = None
+    quarantined: bool = False  # failed, but its rows are dropped in quarantine mode
 
     @property
     def success(self) -> bool:
+        if self.quarantined:
+            return True
         if self.rule.kind == "rows_at_least":
             return self.element_count >= (self.rule.min or 1)
         if self.element_count == 0:
@@ -95,6 +99,7 @@ class ExpectationOutcome:
             "rule": self.rule.text,
             "mostly": self.rule.mostly,
             "success": self.success,
+            "quarantined": self.quarantined,
             "element_count": self.element_count,
             "unexpected_count": self.unexpected_count,
             "unexpected_fraction": (self.unexpected_count / self.element_count) if self.element_count else 0.0,
@@ -116,6 +121,11 @@ class TableResult:
     @property
     def success(self) -> bool:
         return all(o.success for o in self.outcomes)
+
+    @property
+    def quarantine_rules(self) -> list[Rule]:
+        """Row rules whose offending rows preprocessing must drop (empty unless quarantined)."""
+        return [o.rule for o in self.outcomes if o.quarantined]
 
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.table, "success": self.success, "rows": self.rows, "files": self.files,
@@ -154,11 +164,13 @@ def event_rules(cfg: ValidationConfig, columns: list[str], now: int | None = Non
     if check_items:
         rules.append(Rule("_item_known", "in_set",
                           f"item_id must exist in the items table (tolerated fraction {cfg.unknown_item_tolerance})",
-                          values=(True,), mostly=1.0 - cfg.unknown_item_tolerance))
+                          values=(True,), mostly=1.0 - cfg.unknown_item_tolerance, row_level=False,
+                          report_column="item_id"))
     if check_users:
         rules.append(Rule("_user_known", "in_set",
                           f"user_id must exist in the users table (tolerated fraction {cfg.unknown_user_tolerance})",
-                          values=(True,), mostly=1.0 - cfg.unknown_user_tolerance))
+                          values=(True,), mostly=1.0 - cfg.unknown_user_tolerance, row_level=False,
+                          report_column="user_id"))
     return rules
 
 
@@ -300,24 +312,22 @@ def apply_quarantine(result: TableResult, cfg: ValidationConfig) -> None:
         return
     if sum(o.unexpected_count for o in failing) / result.rows > cfg.max_quarantine_fraction:
         return
-    result.quarantined_rows = -1  # exact count comes from the masks applied in preprocessing
     for o in failing:
-        o.rule = Rule(**{**o.rule.__dict__, "mostly": 0.0})  # recorded as passed-by-quarantine
+        o.quarantined = True  # the exact row count comes from the masks applied in preprocessing
 
 
 def raise_for(result: TableResult) -> None:
     for o in result.outcomes:
         if not o.success:
             file = o.file or (result.files[0] if result.files else None)
-            raise DataContractError(file, None if o.rule.kind == "rows_at_least" else o.rule.column.lstrip("_").replace("_known", "_id"),
-                                    o.rule.text, o.sample, o.unexpected_count or None)
+            column = None if o.rule.kind == "rows_at_least" else (o.rule.report_column or o.rule.column)
+            raise DataContractError(file, column, o.rule.text, o.sample, o.unexpected_count or None)
 
 
 def quarantine_mask(df: pd.DataFrame, rules: list[Rule]) -> pd.Series:
     bad = pd.Series(False, index=df.index)
     for r in rules:
-        if r.row_level and r.mostly >= 1.0:
-            bad |= r.violations(df)
+        bad |= r.violations(df)
     return bad
 
 
