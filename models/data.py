@@ -35,22 +35,35 @@ def _left_pad(rows: list[np.ndarray], L: int, dtype=np.int64) -> np.ndarray:
     return out
 
 
-def training_windows(seqs: Sequences, L: int) -> dict[str, torch.Tensor]:
-    """Cut each user's training events into windows of L+1 from the end (stride L)."""
+def training_windows(seqs: Sequences, L: int, stride: int | None = None) -> dict[str, torch.Tensor]:
+    """Cut each user's training events into windows of L+1 events from the end, `stride` apart.
+
+    With stride < L windows overlap: each window trains only its last `stride` targets, which see
+    at least L - stride events of context, and the earliest window (starting at the first event)
+    trains whatever is left. Every target is trained exactly once."""
+    stride = min(stride or L, L)
     cols: dict[str, list] = {k: [] for k in ("seq", "etype", "gap", "target", "engage", "user")}
     for u, items, et, gp, en, n in zip(seqs.user, seqs.items, seqs.etypes, seqs.gaps, seqs.engage, seqs.n_train):
         end = int(n)
+        covered_from = end  # item positions >= this are targets of a later window already
         while end >= 2:
             start = max(0, end - L - 1)
             sl = slice(start, end)
             w_items, w_et, w_gp, w_en = items[sl], et[sl], gp[sl], en[sl]
+            target = w_items[1:].copy()
+            pos = np.arange(start + 1, end)
+            own = (pos < covered_from) & ((pos >= end - stride) | (start == 0))
+            target[~own] = 0
             cols["seq"].append(w_items[:-1])
             cols["etype"].append(w_et[:-1])
             cols["gap"].append(w_gp[:-1])
-            cols["target"].append(w_items[1:])
+            cols["target"].append(target)
             cols["engage"].append(w_en[1:])
             cols["user"].append(u)
-            end = start + 1 if start > 0 else 0
+            if start == 0:
+                break
+            covered_from = end - stride
+            end = end - stride
     out = {k: torch.as_tensor(_left_pad(v, L)) for k, v in cols.items() if k != "user"}
     out["user"] = torch.as_tensor(np.asarray(cols["user"], np.int64))
     return out

@@ -24,13 +24,14 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(128, ge=1)
-    lr: float = 2e-3
-    weight_decay: float = 0.05
+    lr: float = 1e-2
+    weight_decay: float = 0.0
     warmup_epochs: float = 1.0
     schedule: Literal["cosine", "constant"] = "cosine"
     clip_norm: float = 1.0
     patience: int = Field(8, ge=1, description="epochs without validation NDCG@10 improvement")
     max_seconds: float | None = Field(None, description="stop training after this wall time")
+    window_stride: int | None = Field(None, ge=1, description="overlap training windows (default: max_len, no overlap)")
     threads: int = Field(2, ge=1, description="torch.set_num_threads on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
@@ -74,7 +75,7 @@ class Trainer:
         self.device = pick_device(cfg)
         self.net.to(self.device)
         self.ckpt_dir = ckpt_dir
-        self.windows = training_windows(seqs, net.cfg.max_len)
+        self.windows = training_windows(seqs, net.cfg.max_len, cfg.window_stride)
         self.valid = eval_inputs(seqs, net.cfg.max_len, "validation")
         self.opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.windows["seq"]) / cfg.batch_size)
@@ -173,12 +174,15 @@ def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_si
     net.eval()
     table = net.items.table()
     engage_scores: list[np.ndarray] = []
+    attr_scores: list[np.ndarray] = []
 
     def score(idx: np.ndarray) -> torch.Tensor:
         h = net.last_state(ev["seq"][idx].to(device), ev["etype"][idx].to(device), ev["gap"][idx].to(device),
                            ev["user"][idx].to(device), table)
         if net.engage_head is not None:
             engage_scores.append(torch.sigmoid(net.engage_head(h)).squeeze(-1).float().cpu().numpy())
+        if net.attr_head is not None:
+            attr_scores.append(torch.sigmoid(net.attr_head(h)).float().cpu().numpy())
         return (h @ table.T).float()
 
     means, per = evaluate_ranking(score, len(ev["target"]), ev["target"], ev["seen"] if exclude_seen else None,
@@ -186,6 +190,9 @@ def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_si
     aux: dict = {}
     if engage_scores:
         aux["engage"] = binary_metrics(ev["engage"], np.concatenate(engage_scores))
+    if attr_scores:  # micro-averaged over (user, attribute) pairs: the next item's genres
+        truth = net.attr_target[torch.as_tensor(ev["target"])].numpy()
+        aux["attr"] = binary_metrics(truth.ravel(), np.concatenate(attr_scores).ravel())
     return means, per, aux
 
 

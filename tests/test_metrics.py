@@ -49,3 +49,23 @@ def test_baselines_score_as_defined():
 def test_binary_metrics():
     out = binary_metrics(np.array([0, 1, 1, 0]), np.array([0.1, 0.8, 0.4, 0.6]))
     assert out["precision"] == 0.5 and out["recall"] == 0.5 and out["auc"] == 0.75
+
+
+def test_training_windows_train_every_target_once_with_context():
+    from models.data import Sequences, training_windows
+
+    L = 5
+    for n in (2, 4, 23, 57):
+        seqs = Sequences(user=np.array([1]), items=[np.arange(2, 2 + n)], etypes=[np.ones(n, int)],
+                         gaps=[np.ones(n, int)], engage=[np.zeros(n, int)], n_train=np.array([n]))
+        for stride in (None, 2, 3, 5):
+            w = training_windows(seqs, L, stride)
+            t, seq = w["target"].numpy(), w["seq"].numpy()
+            assert sorted(t[t > 0].tolist()) == list(range(3, 2 + n))  # every target once, none twice
+            assert np.array_equal(t[:, :-1][t[:, :-1] > 0], seq[:, 1:][t[:, :-1] > 0])  # target = next input
+            s = stride or L
+            for i in range(len(t)):
+                starts_at_first_event = seq[i][seq[i] > 0][0] == 2
+                for j in np.flatnonzero(t[i]):
+                    context = int((seq[i, : j + 1] > 0).sum())
+                    assert starts_at_first_event or context >= L - s + 1
