@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--exclude-seen", choices=["true", "false", "both"], default="both")
     ap.add_argument("--only", nargs="*", help="subset of configuration names")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=float, default=TrainConfig().warmup_epochs, help="train.warmup_epochs")
     ap.add_argument("--out", default="bench-out")
     args = ap.parse_args()
     data, out = Path(args.data), Path(args.out)
@@ -70,7 +71,8 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             mcfg = ModelConfig(**over)
-            tcfg = TrainConfig(epochs=200, patience=10, max_seconds=args.budget, progress=False)
+            tcfg = TrainConfig(epochs=200, patience=10, max_seconds=args.budget, progress=False,
+                               warmup_epochs=args.warmup)
             run = out / "runs" / f"{'excl' if excl else 'noexcl'}-{name.replace(' ', '_').replace(':', '')}"
             shutil.rmtree(run, ignore_errors=True)  # never resume a previous benchmark's checkpoint
             t = time.perf_counter()
