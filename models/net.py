@@ -164,7 +164,7 @@ class SeqRecNet(nn.Module):
         self.user = UserEncoder(d, users, cfg.dropout) if cfg.user_view and users is not None else None
         if self.user is not None:
             self.fuse = (nn.Linear(2 * d, d) if cfg.fusion == "concat" else
-                         nn.Linear(2 * d, 2) if cfg.fusion == "gated" else None)
+                         nn.Linear(2 * d, d) if cfg.fusion == "gated" else None)
         self.out_norm = nn.LayerNorm(d)
         attr_dim = items.attr_target.shape[1] if items is not None else 0
         self.attr_head = nn.Linear(d, attr_dim) if cfg.attr_task and attr_dim else None
@@ -192,9 +192,12 @@ class SeqRecNet(nn.Module):
                 x = x + u
             elif self.cfg.fusion == "concat":
                 x = self.fuse(torch.cat([x, u], -1))
-            else:  # gated attention over the two view vectors
-                w = torch.softmax(self.fuse(torch.cat([x, u], -1)), -1)
-                x = w[..., :1] * x + w[..., 1:] * u
+            else:
+                # residual gate: the user view is let in per dimension, but the sequence state is
+                # always kept; a softmax gate over [sequence, user] could drop the sequence path and
+                # collapsed next-item ranking to a static per-user list (BENCHMARKS.md, ablations)
+                g = torch.sigmoid(self.fuse(torch.cat([x, u], -1)))
+                x = x + g * u
         return self.out_norm(x)
 
     def scores(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

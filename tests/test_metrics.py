@@ -69,3 +69,25 @@ def test_training_windows_train_every_target_once_with_context():
                 for j in np.flatnonzero(t[i]):
                     context = int((seq[i, : j + 1] > 0).sum())
                     assert starts_at_first_event or context >= L - s + 1
+
+
+def test_gated_fusion_never_drops_the_sequence_path():
+    """A saturated gate must still leave the fused state dependent on the sequence (the softmax
+    gate it replaced could collapse onto the static user vector)."""
+    from models.net import ModelConfig, SeqRecNet, UserTables
+
+    torch.manual_seed(0)
+    users = UserTables(cat=torch.zeros(3, 0, dtype=torch.long), cat_sizes=[], num=torch.ones(3, 1, dtype=torch.long),
+                       num_size=2, dense=torch.rand(3, 4))
+    net = SeqRecNet(ModelConfig(dim=16, max_len=6, item_view=False, fusion="gated", attr_task=False), 12, 3, 4,
+                    None, users, 3).eval()
+    with torch.no_grad():
+        net.fuse.weight.zero_()
+        net.fuse.bias.fill_(100.0)  # gate fully open to the user view
+    seq_a = torch.tensor([[0, 0, 2, 3, 4, 5]])
+    seq_b = torch.tensor([[0, 0, 9, 8, 7, 6]])
+    ones = torch.ones_like(seq_a)
+    user = torch.tensor([1])
+    h_a = net.encode(seq_a, ones, ones, user)[:, -1]
+    h_b = net.encode(seq_b, ones, ones, user)[:, -1]
+    assert not torch.allclose(h_a, h_b, atol=1e-3)
