@@ -51,9 +51,32 @@ def paired_ci(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
     return {"mean_diff": float(d.mean()), "ci95": [float(ci.low), float(ci.high)], "wilcoxon_p": p, "users": int(len(d))}
 
 
+METRICS = ("ndcg@10", "hr@10", "mrr@10", "coverage@10")
+
+
+def render_markdown(rows: list[dict]) -> str:
+    """The BENCHMARKS.md table: one row per model, both protocols side by side, then the CI."""
+    models = list(dict.fromkeys(r["model"] for r in rows if "model" in r))
+    by = {(r["exclude_seen"], r["model"]): r for r in rows if "model" in r}
+    head = ("| model | " + " | ".join(f"{m} (excl. seen)" for m in METRICS) + " | "
+            + " | ".join(f"{m} (RecBole protocol)" for m in METRICS) + " |")
+    lines = [head, "|" + "---|" * (1 + 2 * len(METRICS))]
+    for m in models:
+        cells = [f"{by[(e, m)][k]:.4f}" if (e, m) in by else "" for e in (True, False) for k in METRICS]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "| protocol | candidate vs baseline | mean lift | 95% CI | Wilcoxon p | users |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "comparison" in r:
+            c = r["comparison"]
+            lines.append(f"| exclude_seen={str(c['exclude_seen']).lower()} | {c['candidate']} vs {c['baseline']} | "
+                         f"{c['mean_diff']:+.4f} | [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | {c['wilcoxon_p']:.3g} | {c['users']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--render", help="only print the markdown table of an earlier model_bench.json")
+    ap.add_argument("--data")
     ap.add_argument("--budget", type=float, default=60.0, help="training seconds per configuration")
     ap.add_argument("--exclude-seen", choices=["true", "false", "both"], default="both")
     ap.add_argument("--only", nargs="*", help="subset of configuration names")
@@ -61,6 +84,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=TrainConfig().warmup_epochs, help="train.warmup_epochs")
     ap.add_argument("--out", default="bench-out")
     args = ap.parse_args()
+    if args.render:
+        print(render_markdown(json.loads(Path(args.render).read_text())), end="")
+        return
+    if not args.data:
+        ap.error("--data is required")
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     views = build_views(data, ViewsConfig(), out / "cache")
@@ -99,6 +127,7 @@ def main() -> None:
             rows.append({"comparison": cmp})
             print(json.dumps(cmp), flush=True)
     (out / "model_bench.json").write_text(json.dumps(rows, indent=2))
+    (out / "model_bench.md").write_text(render_markdown(rows))
 
 
 if __name__ == "__main__":
