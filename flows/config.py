@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from seqrec.errors import ConfigError
 from models.net import ModelConfig
 from models.train import TrainConfig
+from tasks.ab import ABConfig
 from tasks.dask_cluster import DaskConfig
 from tasks.features import ViewsConfig
 from tasks.preprocess import PreprocessConfig
 from tasks.sources import DataConfig
+from tasks.tracking import TrackingConfig
 from tasks.train import EvalConfig
 from validation.config import ValidationConfig
 
@@ -34,6 +36,14 @@ class PipelineConfig(BaseModel):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ab: ABConfig = ABConfig()
+
+    @model_validator(mode="after")
+    def _ab_baseline_is_evaluated(self) -> "PipelineConfig":
+        if self.ab.baseline not in self.eval.baselines:
+            raise ValueError(f"ab.baseline '{self.ab.baseline}' must be one of eval.baselines {self.eval.baselines}")
+        return self
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

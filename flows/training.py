@@ -1,4 +1,5 @@
-"""The training flow: ingest -> validate raw -> preprocess -> validate processed (-> later stages).
+"""The training flow: ingest -> validate raw -> preprocess -> validate processed -> features ->
+train -> evaluate -> register -> compare -> promote.
 
 Composition only: which task, in what order, with what config. Each stage is timed and the run
 summary is rewritten atomically after every stage, so a failure still leaves a complete record of
@@ -23,7 +24,8 @@ from tasks import preprocess as pre
 from tasks import sources, validate
 from tasks.dask_cluster import dask_client
 
-STAGES = ["ingest", "validate_raw", "preprocess", "validate_processed", "features", "train", "evaluate"]
+STAGES = ["ingest", "validate_raw", "preprocess", "validate_processed", "features", "train", "evaluate", "register",
+          "compare", "promote"]
 
 
 @task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
@@ -68,6 +70,43 @@ def evaluate_task(data_path: str, views: Path, config: PipelineConfig, model_pat
     from tasks.train import evaluate
 
     return evaluate(Path(data_path), views, config.model, config.train, config.eval, Path(model_path), run_dir)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_task(config: PipelineConfig, workdir: Path, run_dir: Path, summary: dict, data_path: str,
+                  views: Path) -> dict:
+    from prefect.runtime import flow_run
+
+    from flows.config import flatten
+    from tasks.bundle import write_bundle
+    from tasks.tracking import log_and_register
+
+    bundle = write_bundle(run_dir / "bundle", Path(data_path), views, config.model,
+                          Path(summary["training"]["model_path"]), config.eval.exclude_seen)
+    return log_and_register(config.tracking, workdir, run_dir, config.model_dump(mode="json", by_alias=True),
+                            flatten(config), summary, bundle, flow_run.get_id())
+
+
+@task(name="compare", cache_policy=NO_CACHE)
+def compare_task(config: PipelineConfig, registry, data_path: str, run_dir: Path, summary: dict) -> dict:
+    from tasks.ab import run_ab
+
+    log = get_run_logger()
+    return run_ab(config.ab, registry, Path(data_path), run_dir, summary, summary["model"]["version"],
+                  run_dir / "bundle", config.eval.exclude_seen, config.eval.batch_size, config.seed, log.info)
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(registry, version: int, decision: dict, mlflow_run_id: str) -> bool:
+    from tasks.registry import RegistryError
+
+    if decision["decision"] != "pass":
+        return False
+    if registry.champion() != decision["reference_version"]:  # cannot happen under the lock; never act stale
+        raise RegistryError(f"champion moved to {registry.champion()} after the A/B against "
+                            f"{decision['reference_version']}; not promoting version {version}")
+    registry.promote(version, "promote", mlflow_run_id, decision, reason=f"A/B pass against {decision['baseline']}")
+    return True
 
 
 class RunSummary:
@@ -158,7 +197,50 @@ def training_flow(config: PipelineConfig, workdir: str = ".seqrec", run_id: str 
         summary.data["baselines"] = ev["baselines"]
         summary.data["per_user_metrics"] = ev["per_user_metrics"]
         log.info("test: %s", {k: round(v, 4) for k, v in ev["test"].items() if k in ("ndcg@10", "hr@10", "mrr@10")})
+    if done("evaluate"):
+        return _finish(summary, t0)
+    with summary.stage("register"):
+        reg = register_task(config, wd, run_dir, summary.data, result.path, views)
+        summary.data["model"] = {k: reg[k] for k in ("name", "version", "tracking_uri")}
+        summary.data["mlflow"] = {k: reg[k] for k in ("mlflow_run_id", "experiment_id", "model_uri")}
+        log.info("registered %s version %d (alias challenger), MLflow run %s", reg["name"], reg["version"],
+                 reg["mlflow_run_id"])
+    if done("register"):
+        return _finish(summary, t0)
+    from tasks.registry import open_registry
+
+    registry = open_registry(config.tracking, wd)
+    # compare + promote hold the registry lock: a concurrent run waits here instead of promoting
+    # against a champion that is about to change
+    with registry.lock(log.info):
+        with summary.stage("compare"):
+            ab = compare_task(config, registry, result.path, run_dir, summary.data)
+            summary.data["ab"] = {k: ab[k] for k in ("decision", "reasons", "baseline", "reference_version",
+                                                     "primary_metric", "lift", "relative_lift", "ci_low", "ci_high",
+                                                     "p_value", "test", "n_users", "guardrails", "latency")}
+            log.info("A/B vs %s: lift %+.5f [%+.5f, %+.5f], p=%.3g -> %s %s", ab["baseline"], ab["lift"],
+                     ab["ci_low"], ab["ci_high"], ab["p_value"], ab["decision"], "; ".join(ab["reasons"]))
+        if done("compare"):
+            return _finish(summary, t0)
+        with summary.stage("promote"):
+            summary.data["promoted"] = promote_task(registry, reg["version"], ab, reg["mlflow_run_id"])
+            summary.data["champion"] = registry.champion()
+    _log_run_artifacts(registry.client, reg["mlflow_run_id"], run_dir, summary)
     return _finish(summary, t0)
+
+
+def _log_run_artifacts(client, mlflow_run_id: str, run_dir: Path, summary: "RunSummary") -> None:
+    """A/B report, decision metrics and the run summary onto the run's MLflow record."""
+    ab = summary.data.get("ab") or {}
+    if (run_dir / "ab").is_dir():
+        client.log_artifacts(mlflow_run_id, str(run_dir / "ab"), artifact_path="ab")
+    for k in ("lift", "ci_low", "ci_high", "p_value"):
+        if ab.get(k) is not None:
+            client.log_metric(mlflow_run_id, f"ab/{k}", float(ab[k]))
+    client.set_tag(mlflow_run_id, "ab.decision", ab.get("decision", "none"))
+    client.set_tag(mlflow_run_id, "promoted", str(bool(summary.data.get("promoted"))).lower())
+    summary.save()
+    client.log_artifact(mlflow_run_id, str(summary.path))
 
 
 def _finish(summary: RunSummary, t0: float) -> dict[str, Any]:

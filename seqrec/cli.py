@@ -17,7 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Fetch or generate datasets.")
 app.add_typer(data_app, name="data")
 
-STAGE_HELP = "stop after this stage: ingest, validate_raw, preprocess, validate_processed, features, train, evaluate"
+STAGE_HELP = ("stop after this stage: ingest, validate_raw, preprocess, validate_processed, features, train, evaluate, "
+              "register, compare, promote")
 
 
 def _env_defaults() -> None:
@@ -29,6 +30,14 @@ def _env_defaults() -> None:
 
     for name in ("great_expectations", "distributed", "distributed.scheduler", "distributed.nanny"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _console(stderr: bool = False):
+    """A rich console; tables keep their columns when output goes to a file or pipe (rich's 80)."""
+    from rich.console import Console
+
+    con = Console(stderr=stderr)
+    return con if con.is_terminal else Console(stderr=stderr, width=160)
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -82,15 +91,14 @@ def _write_summary(path: Optional[Path], summary: dict) -> None:
 
 
 def _print_summary(s: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console(stderr=False)
+    con = _console()
     if s["status"] != "completed":
-        Console(stderr=True).print(f"[bold red]run failed[/] at stage [bold]{s.get('failed_stage')}[/]: {s.get('error')}",
+        _console(stderr=True).print(f"[bold red]run failed[/] at stage [bold]{s.get('failed_stage')}[/]: {s.get('error')}",
                                    highlight=False, soft_wrap=True)
         if s.get("quality"):
-            Console(stderr=True).print(f"data-quality report: {s['quality']['report_dir']}")
+            _console(stderr=True).print(f"data-quality report: {s['quality']['report_dir']}")
         return
     t = Table(title=f"seqrec run {s['run_id']}: completed", show_header=True)
     t.add_column("stage")
@@ -109,7 +117,185 @@ def _print_summary(s: dict) -> None:
         for name, met in rows:
             m.add_row(name, *(f"{met.get(k, float('nan')):.4f}" for k in ("ndcg@10", "hr@10", "mrr@10", "coverage@10")))
         con.print(m)
+    if s.get("model"):
+        con.print(f"registered [bold]{s['model']['name']}[/] version {s['model']['version']} "
+                  f"(alias challenger) in {s['model']['tracking_uri']}")
+    if s.get("ab"):
+        ab = s["ab"]
+        con.print(f"A/B vs {ab['baseline']}: {ab['primary_metric']} lift {ab['lift']:+.4f} "
+                  f"[{ab['ci_low']:+.4f}, {ab['ci_high']:+.4f}], p={ab['p_value']:.3g}: [bold]{ab['decision'].upper()}[/]"
+                  + (f" ({'; '.join(ab['reasons'])})" if ab["reasons"] else ""), highlight=False)
+    if "promoted" in s:
+        con.print(f"champion: version {s.get('champion')}" + (" (promoted now)" if s["promoted"] else " (unchanged)"))
     con.print(f"run directory: {s['run_dir']}")
+
+
+# --------------------------------------------------------------------------- registry commands
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML pipeline config (tracking section)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override: dotted.key=value")]
+WorkdirOpt = Annotated[Path, typer.Option(help="work directory of the runs (default store: <workdir>/mlflow.db)")]
+
+
+def _registry(config: Optional[Path], set_: Optional[list[str]], workdir: Path):
+    """(Registry, TrackingConfig, workdir) from the same config the training flow reads."""
+    _env_defaults()
+    from flows.config import load_config
+    from seqrec.errors import SeqrecError
+
+    try:
+        cfg = load_config(config, set_ or [])
+    except SeqrecError as e:
+        _fail(str(e))
+    from tasks.registry import open_registry
+
+    workdir = workdir.resolve()
+    return open_registry(cfg.tracking, workdir), cfg.tracking, workdir
+
+
+def _model_uri(name: str, alias: Optional[str], version: Optional[int]) -> str:
+    return f"models:/{name}/{version}" if version is not None else f"models:/{name}@{alias}"
+
+
+def _load_pyfunc(reg, alias: Optional[str], version: Optional[int]):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = _model_uri(reg.name, alias, version)
+    try:
+        return mlflow.pyfunc.load_model(uri), uri
+    except MlflowException as e:
+        _fail(f"cannot load {uri} from {reg.client.tracking_uri}: {e.message.splitlines()[0]}")
+
+
+@app.command()
+def models(
+    config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec"),
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Registered versions: aliases, headline metrics and A/B decisions."""
+    reg, tcfg, _ = _registry(config, set_, workdir)
+    aliases = reg.aliases()
+    by_version: dict[int, list[str]] = {}
+    for a, v in aliases.items():
+        by_version.setdefault(v, []).append(a)
+    rows = []
+    for mv in reg.versions():
+        t = mv.tags or {}
+        rows.append({"version": int(mv.version), "aliases": sorted(by_version.get(int(mv.version), [])),
+                     "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)),
+                     "run_id": mv.run_id, "data_version": t.get("data_version"),
+                     "test_ndcg@10": float(t["test.ndcg_at_10"]) if "test.ndcg_at_10" in t else None,
+                     "decision": t.get("ab.decision"), "baseline": t.get("ab.baseline"),
+                     "lift": float(t["ab.lift"]) if "ab.lift" in t else None,
+                     "ci": [float(t["ab.ci_low"]), float(t["ab.ci_high"])] if "ab.ci_low" in t else None,
+                     "p_value": float(t["ab.p_value"]) if "ab.p_value" in t else None,
+                     "forced": t.get("promotion.forced") == "true"})
+    if as_json:
+        typer.echo(json.dumps({"name": reg.name, "tracking_uri": reg.client.tracking_uri, "versions": rows}, indent=2))
+        return
+    from rich.table import Table
+
+    if not rows:
+        typer.echo(f"no versions of '{reg.name}' in {reg.client.tracking_uri}")
+        return
+    t = Table(title=f"{reg.name} @ {reg.client.tracking_uri}")
+    for col in ("version", "aliases", "created", "data version", "test ndcg@10", "A/B vs", "decision", "lift [95% CI]",
+                "p"):
+        t.add_column(col, justify="right" if col in ("version", "test ndcg@10", "p") else "left")
+    for r in rows:
+        ci = f"{r['lift']:+.4f} [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]" if r["ci"] else "-"
+        t.add_row(str(r["version"]), ", ".join(r["aliases"]) + (" (forced)" if r["forced"] else ""), r["created"],
+                  r["data_version"] or "-", f"{r['test_ndcg@10']:.4f}" if r["test_ndcg@10"] is not None else "-",
+                  r["baseline"] or "-", r["decision"] or "-", ci,
+                  f"{r['p_value']:.3g}" if r["p_value"] is not None else "-")
+    _console().print(t)
+
+
+@app.command()
+def promote(
+    version: Annotated[int, typer.Option("--version", help="model version to make champion")],
+    force: Annotated[bool, typer.Option("--force", help="promote even without a passing A/B (recorded as forced)")] = False,
+    config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec"),
+) -> None:
+    """Move `champion` to a version whose A/B passed (or any version with --force)."""
+    from seqrec.errors import SeqrecError
+
+    reg, _, _ = _registry(config, set_, workdir)
+    try:
+        entry = reg.promote_command(version, force)
+    except SeqrecError as e:
+        _fail(str(e))
+    typer.echo(f"champion: {reg.name} version {entry['version']} (was {entry['previous']}; "
+               f"{'forced' if entry['action'] == 'force' else 'A/B passed'}); logged in {reg.log_path}")
+
+
+@app.command()
+def rollback(config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec")) -> None:
+    """Move `champion` back to the previous champion in the promotion log."""
+    from seqrec.errors import SeqrecError
+
+    reg, _, _ = _registry(config, set_, workdir)
+    try:
+        entry = reg.rollback()
+    except SeqrecError as e:
+        _fail(str(e))
+    typer.echo(f"champion: {reg.name} version {entry['version']} (rolled back from {entry['previous']})")
+
+
+@app.command()
+def recommend(
+    user: Annotated[Optional[str], typer.Option("--user", help="user id (history from the model's training data)")] = None,
+    history: Annotated[Optional[str], typer.Option(help="comma-separated item ids, oldest first (users it never saw)")] = None,
+    k: Annotated[int, typer.Option(min=1)] = 10,
+    alias: Annotated[str, typer.Option(help="registered-model alias")] = "champion",
+    version: Annotated[Optional[int], typer.Option(help="a version instead of the alias")] = None,
+    config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec"),
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Top-k items for one user from the registered model (loaded through MLflow, like a server would)."""
+    import pandas as pd
+
+    if user is None and history is None:
+        _fail("give --user ID and/or --history ITEM,ITEM,...")
+    reg, _, _ = _registry(config, set_, workdir)
+    model, uri = _load_pyfunc(reg, alias, version)
+    frame = pd.DataFrame({"user_id": [user], "history": [[h.strip() for h in history.split(",") if h.strip()]
+                                                           if history else None], "k": [k]})
+    out = model.predict(frame).iloc[0]
+    if as_json:
+        typer.echo(json.dumps({"model": uri, "user_id": user, "source": out["source"],
+                               "items": [{"item_id": i, "score": s} for i, s in zip(out["item_ids"], out["scores"])]}))
+        return
+    from rich.table import Table
+
+    note = {"user": "from the user's stored history", "history": "from the given history",
+            "popular": "user unknown to this model and no history given: most popular items"}[out["source"]]
+    t = Table(title=f"{uri}: top {k} for {user or 'the given history'} ({note})")
+    t.add_column("rank", justify="right")
+    t.add_column("item_id")
+    t.add_column("score", justify="right")
+    for r, (i, s) in enumerate(zip(out["item_ids"], out["scores"]), 1):
+        t.add_row(str(r), i, f"{s:.4f}")
+    _console().print(t)
+
+
+@app.command()
+def score(
+    out: Annotated[Path, typer.Option(help="parquet file: user_id, rank, item_id, score")],
+    k: Annotated[int, typer.Option(min=1)] = 10,
+    alias: Annotated[str, typer.Option(help="registered-model alias")] = "champion",
+    version: Annotated[Optional[int], typer.Option(help="a version instead of the alias")] = None,
+    config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec"),
+) -> None:
+    """Batch top-k for every user the model knows, written atomically to parquet."""
+    reg, _, _ = _registry(config, set_, workdir)
+    model, uri = _load_pyfunc(reg, alias, version)
+    from tasks.bundle import write_scores
+
+    stats = write_scores(model.unwrap_python_model().scorer, out, k)
+    typer.echo(f"{uri}: top {k} for {stats['users']} users -> {out} in {stats['seconds']:.2f}s "
+               f"({stats['users_per_s']:.0f} users/s)")
 
 
 @data_app.command("fetch")

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from seqrec.encoding import ITEM_PAD, ITEM_UNKNOWN, gap_buckets
 from seqrec.errors import DataContractError
 from seqrec.fsutil import stable_hash, write_json_atomic
 from tasks.sources import ResolvedInputs
@@ -32,8 +33,7 @@ from validation.contract import event_pieces, read_events_piece, read_table_file
 from validation.suites import Rule, quarantine_mask
 
 PREPROCESS_CODE_VERSION = 1
-PAD, UNKNOWN = 0, 1  # item index 0 = padding, 1 = unknown item; real items start at 2
-GAP_PAD, GAP_FIRST = 0, 1
+PAD, UNKNOWN = ITEM_PAD, ITEM_UNKNOWN  # item index 0 = padding, 1 = unknown item; real items start at 2
 
 
 class PreprocessConfig(BaseModel):
@@ -151,12 +151,6 @@ def _filtered(df: pd.DataFrame, item_keep: np.ndarray | None, user_keep: np.ndar
     return df[mask] if not mask.all() else df
 
 
-def _gap_bucket(gaps: np.ndarray, first: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    b = (2 + np.searchsorted(edges, gaps, side="left")).astype(np.int8)
-    b[first] = GAP_FIRST
-    return b
-
-
 def build_sequences(df: pd.DataFrame, user_ids: np.ndarray, session_gap_s: int, edges: np.ndarray) -> pa.Table:
     """Rows of (user, item, ts, etype, value, order) with final indices -> one row per user."""
     order = np.lexsort((df["order"].to_numpy(), df["ts"].to_numpy(), df["user"].to_numpy()))
@@ -192,7 +186,7 @@ def build_sequences(df: pd.DataFrame, user_ids: np.ndarray, session_gap_s: int, 
         "items": lst(df["item"].to_numpy()[order].astype(np.int32)),
         "event_types": lst(df["etype"].to_numpy()[order].astype(np.int8)),
         "timestamps": lst(ts),
-        "gap_buckets": lst(_gap_bucket(gaps, first, edges)),
+        "gap_buckets": lst(gap_buckets(gaps, first, edges)),
         "sessions": lst(session),
         "values": lst(df["value"].to_numpy()[order].astype(np.float32)),
         "split": lst(split),

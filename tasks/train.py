@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict
 from models.baselines import Markov, Popularity
 from models.data import Sequences, eval_inputs
 from models.metrics import evaluate_ranking
-from models.net import ItemTables, ModelConfig, SeqRecNet, UserTables, param_count
+from models.net import ModelConfig, SeqRecNet, param_count
 from models.train import Trainer, TrainConfig, evaluate_model, pick_device, seed_everything
+from tasks.bundle import load_net
 from tasks.preprocess import read_sequences
 
 
@@ -39,18 +40,7 @@ def load_sequences(data_path: Path, views: Path) -> Sequences:
 
 def build_net(data_path: Path, views: Path, mcfg: ModelConfig) -> SeqRecNet:
     meta = json.loads((Path(data_path) / "meta.json").read_text())
-    vm = json.loads((Path(views) / "views.json").read_text())
-    ia = np.load(Path(views) / "item_arrays.npz")
-    ua = np.load(Path(views) / "user_arrays.npz")
-    t = torch.as_tensor
-    items = ItemTables(cat=t(ia["cat"]), cat_sizes=vm["item"]["cat_sizes"], multi=t(ia["multi"]),
-                       multi_size=vm["item"]["multi_size"], num=t(ia["num"]), num_size=vm["item"]["num_size"],
-                       pop=t(ia["pop"]), pop_size=vm["item"]["pop_size"],
-                       text=t(np.load(Path(views) / "item_text.npy")), attr_target=t(ia["attr_target"]))
-    users = UserTables(cat=t(ua["cat"]), cat_sizes=vm["user"]["cat_sizes"], num=t(ua["num"]),
-                       num_size=vm["user"]["num_size"], dense=t(ua["dense"]))
-    return SeqRecNet(mcfg, meta["counts"]["items"] + 2, vm["sequence"]["n_event_types"],
-                     vm["sequence"]["n_gap_buckets"], items, users, meta["counts"]["users"] + 1)
+    return load_net(views, mcfg, meta["counts"]["items"] + 2, meta["counts"]["users"] + 1)
 
 
 def train(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int, run_dir: Path,

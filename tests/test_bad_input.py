@@ -125,6 +125,7 @@ def test_broken_input_fails_cleanly(case, tmp_path, prefect_harness, cache_dir):
     assert "file:" in err and "rule:" in err, err
     assert column in err and rule in err, err
     assert not (wd / "data").exists() or not any((wd / "data").iterdir()), "a data version was left behind"
+    assert not (wd / "mlflow.db").exists() and not (wd / "registry").exists(), "tracking/registry touched"
 
 
 def test_quarantine_drops_a_small_fraction_and_counts_it(tmp_path, prefect_harness, cache_dir):
@@ -136,7 +137,7 @@ def test_quarantine_drops_a_small_fraction_and_counts_it(tmp_path, prefect_harne
     df.loc[17, "value"] = float("inf")
     cfg = run_cfg(_events(tmp_path, df, fmt="parquet"), validation__mode="quarantine",
                   validation__max_quarantine_fraction=0.01)
-    out = training_flow(config=cfg, workdir=str(tmp_path / "wd"), run_id="q")
+    out = training_flow(config=cfg, workdir=str(tmp_path / "wd"), run_id="q", until="evaluate")
     assert out["status"] == "completed"
     assert out["drops"]["quarantined"] == 2 and out["dataset"]["events"] == len(df) - 2
     strict = run_cfg(_events(tmp_path, df, fmt="parquet"), validation__mode="quarantine",

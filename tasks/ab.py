@@ -1,0 +1,267 @@
+"""Offline A/B: the challenger against the champion (re-scored on today's test users) or, when there
+is no champion yet, against the configured baseline; a recorded, statistical decision.
+
+Per user, the difference of the primary metric (challenger - reference) on the same test users:
+mean lift, a bootstrap confidence interval (scipy.stats.bootstrap) and a paired two-sided test
+(Wilcoxon signed-rank by default, or a paired t-test). The challenger passes when the lift exceeds
+`ab.min_lift`, the test is significant at `ab.alpha`, and every guardrail holds (HR@10 and
+coverage@10 do not drop beyond their tolerances, p95 single-user scoring latency within budget).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from models.metrics import KS
+
+METRICS = [f"{m}@{k}" for k in KS for m in ("hr", "ndcg", "mrr")]
+
+
+class GuardrailConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_hr10_drop: float = Field(0.01, ge=0, description="largest allowed drop of mean HR@10 (absolute)")
+    max_coverage_drop: float = Field(0.25, ge=0, le=1, description="largest allowed relative drop of coverage@10")
+    max_latency_ms: float = Field(50.0, gt=0, description="p95 single-user scoring latency budget (ms)")
+
+
+class ABConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    primary_metric: str = "ndcg@10"
+    baseline: Literal["pop", "markov"] = "markov"
+    min_lift: float = Field(0.0, description="the mean lift of the primary metric must exceed this (absolute)")
+    alpha: float = Field(0.05, gt=0, lt=1)
+    test: Literal["wilcoxon", "ttest"] = "wilcoxon"
+    confidence: float = Field(0.95, gt=0, lt=1)
+    n_bootstrap: int = Field(2000, ge=100)
+    latency_users: int = Field(100, ge=1, description="single-user requests timed for the latency guardrail")
+    guardrails: GuardrailConfig = GuardrailConfig()
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(f"must be one of {METRICS}")
+        return v
+
+
+@dataclass
+class Side:
+    """Per-user metrics of one side of the comparison, aligned on `users`."""
+
+    label: str
+    users: np.ndarray
+    per_user: dict[str, np.ndarray]
+    coverage: float
+    version: int | None = None
+
+
+def paired_stats(chal: np.ndarray, ref: np.ndarray, cfg: ABConfig, seed: int) -> dict:
+    from scipy import stats
+
+    d = np.asarray(chal, np.float64) - np.asarray(ref, np.float64)
+    out = {"n_users": int(len(d)), "challenger_mean": float(np.mean(chal)), "reference_mean": float(np.mean(ref)),
+           "lift": float(d.mean()) if len(d) else 0.0, "test": cfg.test, "confidence": cfg.confidence}
+    out["relative_lift"] = out["lift"] / out["reference_mean"] if out["reference_mean"] > 0 else None
+    if len(d) < 2 or np.all(d == d[0]):
+        # no variation: a constant difference (identical models: all zero) has a degenerate CI
+        c = float(d[0]) if len(d) else 0.0
+        out.update(ci_low=c, ci_high=c, p_value=1.0 if c == 0 else 0.0)
+        return out
+    boot = stats.bootstrap((d,), np.mean, confidence_level=cfg.confidence, n_resamples=cfg.n_bootstrap,
+                           method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+    out["ci_low"], out["ci_high"] = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+    if cfg.test == "wilcoxon":
+        nz = d[d != 0]
+        out["p_value"] = float(stats.wilcoxon(nz).pvalue) if len(nz) else 1.0
+    else:
+        out["p_value"] = float(stats.ttest_rel(chal, ref).pvalue)
+    return out
+
+
+def baseline_side(per_user_path: Path, baseline: str, summary_baselines: dict) -> Side:
+    df = pd.read_parquet(per_user_path)
+    cols = {m: df[f"{baseline}.{m}"].to_numpy() for m in METRICS if f"{baseline}.{m}" in df}
+    return Side(baseline, df["user_id"].to_numpy(dtype=str), cols, summary_baselines[baseline]["test"]["coverage@10"])
+
+
+def challenger_side(per_user_path: Path, coverage: float, version: int) -> Side:
+    df = pd.read_parquet(per_user_path)
+    return Side(f"version {version}", df["user_id"].to_numpy(dtype=str),
+                {m: df[f"model.{m}"].to_numpy() for m in METRICS}, coverage, version)
+
+
+def rescore(scorer, data_path: Path, exclude_seen: bool, batch_size: int = 512) -> tuple[dict, dict, np.ndarray]:
+    """A model bundle (any data version) on the current data version's test users, ids mapped by
+    name: (mean metrics, per-user arrays, user ids)."""
+    import pyarrow.parquet as pq
+
+    from models.metrics import evaluate_ranking
+
+    data_path = Path(data_path)
+    meta = json.loads((data_path / "meta.json").read_text())
+    seq = pq.read_table(data_path / "sequences.parquet",
+                        columns=["user_id", "items", "event_types", "timestamps", "n_train"]).to_pandas()
+    vocab = pd.read_parquet(data_path / "vocab" / "items.parquet")
+    n_items = meta["counts"]["items"] + 2
+    catalogue = np.full(n_items, None, object)
+    catalogue[vocab["item_idx"].to_numpy()] = vocab["item_id"].to_numpy(dtype=object)
+    etype_names = np.asarray(meta["event_types"], dtype=object)
+    keep = np.flatnonzero(seq["items"].map(len).to_numpy() >= 3)
+    end = seq["n_train"].to_numpy()[keep] + 1
+    items = [np.asarray(seq["items"].iat[i], np.int64) for i in keep]
+    hist = [it[:e] for it, e in zip(items, end)]
+    targets = np.array([it[e] for it, e in zip(items, end)], np.int64)
+    users = seq["user_id"].to_numpy(dtype=str)[keep]
+    etypes = [etype_names[np.asarray(seq["event_types"].iat[i])[:e]] for i, e in zip(keep, end)]
+    stamps = [np.asarray(seq["timestamps"].iat[i])[:e] for i, e in zip(keep, end)]
+
+    def score(idx: np.ndarray):
+        enc = scorer.encode([catalogue[hist[i]] for i in idx], list(users[idx]), [etypes[i] for i in idx],
+                            [stamps[i] for i in idx])
+        return scorer.scores_on(enc, catalogue)
+
+    seen = [np.unique(h) for h in hist] if exclude_seen else None
+    means, per = evaluate_ranking(score, len(keep), targets, seen, n_items, batch_size)
+    return means, per, users
+
+
+def measure_latency(scorer, user_ids: np.ndarray, n: int, seed: int) -> dict:
+    """Single-user requests through the same path as the pyfunc: p50/p95 milliseconds."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(user_ids, size=min(n, len(user_ids)), replace=False)
+    scorer.recommend(pd.DataFrame({"user_id": [pick[0]]}), k=10)  # warm-up
+    times = []
+    for u in pick:
+        t = time.perf_counter()
+        scorer.recommend(pd.DataFrame({"user_id": [u]}), k=10)
+        times.append((time.perf_counter() - t) * 1000)
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)), "requests": len(times)}
+
+
+def decide(cfg: ABConfig, chal: Side, ref: Side, latency: dict, seed: int) -> dict:
+    m = cfg.primary_metric
+    ref_pos = pd.Index(ref.users).get_indexer(chal.users)
+    if (ref_pos < 0).any():
+        missing = chal.users[ref_pos < 0][:5].tolist()
+        raise ValueError(f"A/B: {int((ref_pos < 0).sum())} test users lack reference metrics (e.g. {missing})")
+    r = {k: v[ref_pos] for k, v in ref.per_user.items()}
+    out = paired_stats(chal.per_user[m], r[m], cfg, seed)
+    g = cfg.guardrails
+    hr_c, hr_r = float(chal.per_user["hr@10"].mean()), float(r["hr@10"].mean())
+    guard = {
+        "hr@10": {"challenger": hr_c, "reference": hr_r, "limit": f"drop <= {g.max_hr10_drop}",
+                  "passed": hr_c >= hr_r - g.max_hr10_drop},
+        "coverage@10": {"challenger": chal.coverage, "reference": ref.coverage,
+                        "limit": f"relative drop <= {g.max_coverage_drop}",
+                        "passed": chal.coverage >= ref.coverage * (1 - g.max_coverage_drop)},
+        "latency_p95_ms": {"challenger": latency["p95_ms"], "limit": f"<= {g.max_latency_ms}",
+                           "passed": latency["p95_ms"] <= g.max_latency_ms},
+    }
+    reasons = []
+    if not out["lift"] > cfg.min_lift:
+        reasons.append(f"lift {out['lift']:+.5f} not above min_lift {cfg.min_lift}")
+    if not out["p_value"] < cfg.alpha:
+        reasons.append(f"p-value {out['p_value']:.4g} not below alpha {cfg.alpha}")
+    reasons += [f"guardrail {k} failed ({v['limit']})" for k, v in guard.items() if not v["passed"]]
+    out.update(decision="pass" if not reasons else "fail", reasons=reasons, primary_metric=m,
+               baseline=ref.label, reference_version=ref.version, challenger_version=chal.version,
+               min_lift=cfg.min_lift, alpha=cfg.alpha, guardrails=guard, latency=latency,
+               means={"challenger": {k: float(v.mean()) for k, v in chal.per_user.items()},
+                      "reference": {k: float(v.mean()) for k, v in r.items()}})
+    return out
+
+
+def write_report(out_dir: Path, d: dict, chal: Side, ref: Side) -> tuple[Path, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = d["primary_metric"]
+    r = ref.per_user[m][pd.Index(ref.users).get_indexer(chal.users)]
+    diff = chal.per_user[m] - r
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    nz = diff[diff != 0]
+    a.hist(nz, bins=40, color="#4c72b0")
+    a.axvline(0, color="k", lw=0.8)
+    a.set_title(f"per-user {m} difference (non-zero: {len(nz)}/{len(diff)})")
+    a.set_xlabel(f"{chal.label} - {ref.label}")
+    names = ["ndcg@10", "hr@10", "mrr@10"]
+    x = np.arange(len(names))
+    b.bar(x - 0.2, [d["means"]["reference"][k] for k in names], 0.4, label=ref.label, color="#999999")
+    b.bar(x + 0.2, [d["means"]["challenger"][k] for k in names], 0.4, label=chal.label, color="#4c72b0")
+    b.set_xticks(x, names)
+    b.legend()
+    b.set_title(f"decision: {d['decision'].upper()}  lift {d['lift']:+.4f} "
+                f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")
+    fig.tight_layout()
+    png = out_dir / "ab_chart.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    rows = "\n".join(f"| {k} | {d['means']['reference'][k]:.4f} | {d['means']['challenger'][k]:.4f} | "
+                     f"{d['means']['challenger'][k] - d['means']['reference'][k]:+.4f} |" for k in METRICS)
+    guards = "\n".join(f"| {k} | {v.get('reference', float('nan')):.4g} | {v['challenger']:.4g} | {v['limit']} | "
+                       f"{'pass' if v['passed'] else 'FAIL'} |" for k, v in d["guardrails"].items())
+    rel = f" ({d['relative_lift']:+.1%})" if d.get("relative_lift") is not None else ""
+    md = f"""# Offline A/B: {chal.label} vs {ref.label}
+
+**Decision: {d['decision'].upper()}**{' - ' + '; '.join(d['reasons']) if d['reasons'] else ''}
+
+- primary metric: {m}, {d['n_users']} test users, paired per user
+- mean lift: {d['lift']:+.5f}{rel}, {d['confidence']:.0%} bootstrap CI [{d['ci_low']:+.5f}, {d['ci_high']:+.5f}]
+- {'Wilcoxon signed-rank' if d['test'] == 'wilcoxon' else 'paired t'} test (two-sided): p = {d['p_value']:.4g}
+  (alpha {d['alpha']}); required lift > {d['min_lift']}
+- scoring latency (single-user requests): p50 {d['latency']['p50_ms']:.2f} ms, p95 {d['latency']['p95_ms']:.2f} ms
+
+| metric | {ref.label} | {chal.label} | difference |
+|---|---|---|---|
+{rows}
+
+| guardrail | reference | challenger | limit | result |
+|---|---|---|---|---|
+{guards}
+
+![A/B chart](ab_chart.png)
+"""
+    path = out_dir / "ab_report.md"
+    path.write_text(md)
+    (out_dir / "ab_decision.json").write_text(json.dumps(d, indent=2, default=str))
+    return path, png
+
+
+def run_ab(cfg: ABConfig, registry, data_path: Path, run_dir: Path, summary: dict, version: int, bundle: Path,
+           exclude_seen: bool, batch_size: int, seed: int, log=print) -> dict:
+    """Compare the new version with the champion (or the baseline), write the report, record the
+    decision on the version. Call under `registry.lock()`: the champion read here is the one that
+    `promote_if_passed` checks against."""
+    import tempfile
+
+    from tasks.bundle import Scorer
+    from tasks.tracking import bundle_of
+
+    champion = registry.reconcile(log)
+    chal = challenger_side(Path(summary["per_user_metrics"]), summary["metrics"]["test"]["coverage@10"], version)
+    if champion is None or champion == version:
+        ref = baseline_side(Path(summary["per_user_metrics"]), cfg.baseline, summary["baselines"])
+        log(f"A/B: no champion yet; version {version} against the {cfg.baseline} baseline")
+    else:
+        with tempfile.TemporaryDirectory(prefix="seqrec-champion-") as tmp:
+            scorer = Scorer(bundle_of(registry.client, registry.name, champion, Path(tmp)))
+            means, per, users = rescore(scorer, data_path, exclude_seen, batch_size)
+            del scorer
+        ref = Side(f"version {champion}", users, per, means["coverage@10"], champion)
+        log(f"A/B: version {version} against champion version {champion} re-scored on {len(users)} current test users")
+    latency = measure_latency(Scorer(bundle), chal.users, cfg.latency_users, seed)
+    decision = decide(cfg, chal, ref, latency, seed)
+    write_report(Path(run_dir) / "ab", decision, chal, ref)
+    registry.record_decision(version, decision)
+    return decision

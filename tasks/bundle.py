@@ -1,0 +1,307 @@
+"""A self-contained model bundle and the scorer that serves it.
+
+The bundle is one directory with everything needed to recommend without the training work
+directory: weights, model config, the item/user view tables, the id vocabularies, each known user's
+full history (train + validation + test events: recommendations are for the future), and the
+encoding rules (event types, gap-bucket edges). The MLflow pyfunc ships it as an artifact, and the
+A/B step re-scores an old champion from it on today's data.
+
+Imports stay light (numpy, pandas, torch, pydantic, models/): the pyfunc loads this module in a
+serving environment without Dask, Prefect or Great Expectations.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.net import ItemTables, ModelConfig, SeqRecNet, UserTables
+from seqrec.encoding import ITEM_FIRST, ITEM_UNKNOWN, USER_UNKNOWN, gap_buckets_of
+from seqrec.errors import SeqrecError
+
+BUNDLE_FORMAT = 1
+VIEW_FILES = ("views.json", "item_arrays.npz", "user_arrays.npz", "item_text.npy")
+
+
+def load_net(views: Path, mcfg: ModelConfig, n_items: int, n_users: int) -> SeqRecNet:
+    """The network with its item/user view tables, from a views directory (see tasks/features.py)."""
+    views = Path(views)
+    vm = json.loads((views / "views.json").read_text())
+    ia = np.load(views / "item_arrays.npz")
+    ua = np.load(views / "user_arrays.npz")
+    t = torch.as_tensor
+    items = ItemTables(cat=t(ia["cat"]), cat_sizes=vm["item"]["cat_sizes"], multi=t(ia["multi"]),
+                       multi_size=vm["item"]["multi_size"], num=t(ia["num"]), num_size=vm["item"]["num_size"],
+                       pop=t(ia["pop"]), pop_size=vm["item"]["pop_size"],
+                       text=t(np.load(views / "item_text.npy")), attr_target=t(ia["attr_target"]))
+    users = UserTables(cat=t(ua["cat"]), cat_sizes=vm["user"]["cat_sizes"], num=t(ua["num"]),
+                       num_size=vm["user"]["num_size"], dense=t(ua["dense"]))
+    return SeqRecNet(mcfg, n_items, vm["sequence"]["n_event_types"], vm["sequence"]["n_gap_buckets"], items, users,
+                     n_users)
+
+
+def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, weights: Path,
+                 exclude_seen: bool) -> Path:
+    """Write the bundle directory `out` (must not exist) from a data version, its views and weights."""
+    import pyarrow.parquet as pq
+
+    data_path, views, out = Path(data_path), Path(views), Path(out)
+    meta = json.loads((data_path / "meta.json").read_text())
+    out.mkdir(parents=True)
+    (out / "views").mkdir()
+    for name in VIEW_FILES:
+        shutil.copy2(views / name, out / "views" / name)
+    shutil.copy2(weights, out / "weights.pt")
+    (out / "model_config.json").write_text(mcfg.model_dump_json(indent=2))
+    for name in ("items.parquet", "users.parquet"):
+        shutil.copy2(data_path / "vocab" / name, out / name)
+    seq = pq.read_table(data_path / "sequences.parquet",
+                        columns=["user_id", "user_idx", "items", "event_types", "gap_buckets", "timestamps"]).to_pandas()
+    seq["last_timestamp"] = [int(t[-1]) for t in seq["timestamps"]]
+    seq.drop(columns="timestamps").to_parquet(out / "histories.parquet", index=False)
+    etypes = np.concatenate(list(seq["event_types"])) if len(seq) else np.zeros(0, np.int64)
+    gaps = np.concatenate(list(seq["gap_buckets"])) if len(seq) else np.zeros(0, np.int64)
+    gaps = gaps[gaps > 1]
+    info = {
+        "format": BUNDLE_FORMAT, "created": time.time(), "data_version": meta["data_version"],
+        "n_items": meta["counts"]["items"] + ITEM_FIRST, "n_users": meta["counts"]["users"] + 1,
+        "event_types": meta["event_types"], "gap_bucket_edges_s": meta["preprocess"]["gap_bucket_edges_s"],
+        # used when a request gives item ids only (no event types / timestamps): the most common ones
+        "default_event_type": int(np.bincount(etypes).argmax()) if len(etypes) else 1,
+        "default_gap_bucket": int(np.bincount(gaps).argmax()) if len(gaps) else 2,
+        "exclude_seen": bool(exclude_seen),
+    }
+    (out / "bundle.json").write_text(json.dumps(info, indent=2))
+    return out
+
+
+@dataclass
+class Encoded:
+    """A batch of histories in this model's index space."""
+
+    items: list[np.ndarray]
+    etypes: list[np.ndarray]
+    gaps: list[np.ndarray]
+    users: np.ndarray
+
+
+class Scorer:
+    """Scores histories with a bundle's network; maps ids in and out."""
+
+    def __init__(self, root: Path | str, device: str = "cpu") -> None:
+        root = Path(root)
+        if not (root / "bundle.json").is_file():
+            raise SeqrecError(f"{root} is not a seqrec model bundle (bundle.json missing)")
+        self.info = json.loads((root / "bundle.json").read_text())
+        if self.info["format"] != BUNDLE_FORMAT:
+            raise SeqrecError(f"{root}: bundle format {self.info['format']}, this code reads {BUNDLE_FORMAT}")
+        self.cfg = ModelConfig.model_validate_json((root / "model_config.json").read_text())
+        self.device = torch.device(device)
+        self.net = load_net(root / "views", self.cfg, self.info["n_items"], self.info["n_users"])
+        self.net.load_state_dict(torch.load(root / "weights.pt", map_location="cpu", weights_only=True))
+        self.net.to(self.device).eval()
+        with torch.no_grad():
+            self.table = self.net.items.table()
+        vocab = pd.read_parquet(root / "items.parquet")
+        self.item_ids = np.full(self.info["n_items"], None, object)
+        self.item_ids[vocab["item_idx"].to_numpy()] = vocab["item_id"].to_numpy(dtype=object)
+        self.item_index = pd.Index(self.item_ids[ITEM_FIRST:].astype(str))
+        users = pd.read_parquet(root / "users.parquet")
+        self.user_vocab = pd.Index(users["user_id"].astype(str)).rename(None)
+        self.user_vocab_idx = users["user_idx"].to_numpy(np.int64)
+        hist = pd.read_parquet(root / "histories.parquet")
+        self.hist_index = pd.Index(hist["user_id"].astype(str))
+        self.hist = {c: list(hist[c]) for c in ("items", "event_types", "gap_buckets")}
+        self.hist_user_idx = hist["user_idx"].to_numpy(np.int64)
+        self.etype_index = pd.Index(self.info["event_types"])
+        counts = np.load(root / "views" / "item_arrays.npz")["train_counts"].astype(np.float64)
+        counts[:ITEM_FIRST] = -1
+        self.popular = np.argsort(-counts, kind="stable")[: self.info["n_items"] - ITEM_FIRST]
+        self.edges = np.asarray(self.info["gap_bucket_edges_s"], np.int64)
+
+    # ------------------------------------------------------------------ encoding
+
+    @property
+    def n_items(self) -> int:
+        return int(self.info["n_items"])
+
+    def user_rows(self, user_ids) -> np.ndarray:
+        """Row in the stored histories per user id (-1 = unknown user)."""
+        return self.hist_index.get_indexer(pd.Index(np.asarray(user_ids, dtype=object).astype(str)))
+
+    def user_idx(self, user_ids) -> np.ndarray:
+        pos = self.user_vocab.get_indexer(pd.Index(np.asarray(user_ids, dtype=object).astype(str)))
+        return np.where(pos >= 0, self.user_vocab_idx[np.maximum(pos, 0)], USER_UNKNOWN)
+
+    def item_idx(self, ids) -> np.ndarray:
+        pos = self.item_index.get_indexer(pd.Index(np.asarray(ids, dtype=object).astype(str)))
+        return np.where(pos >= 0, pos + ITEM_FIRST, ITEM_UNKNOWN).astype(np.int64)
+
+    def stored(self, rows: np.ndarray) -> Encoded:
+        """Known users' full stored histories."""
+        return Encoded([np.asarray(self.hist["items"][r], np.int64) for r in rows],
+                       [np.asarray(self.hist["event_types"][r], np.int64) for r in rows],
+                       [np.asarray(self.hist["gap_buckets"][r], np.int64) for r in rows],
+                       self.hist_user_idx[rows])
+
+    def encode(self, histories: list, user_ids: list | None = None, event_types: list | None = None,
+               timestamps: list | None = None) -> Encoded:
+        """Histories of item ids (oldest first) -> this model's indices. Event types / timestamps per
+        event are optional; without them the bundle's most common event type / gap bucket is used."""
+        n = len(histories)
+        lengths = np.array([len(h) for h in histories], np.int64)
+        flat = np.concatenate([np.asarray(h, dtype=object) for h in histories]) if n and lengths.sum() else \
+            np.zeros(0, object)
+        items = np.split(self.item_idx(flat), np.cumsum(lengths)[:-1]) if n else []
+        etypes, gaps = [], []
+        for i in range(n):
+            et = event_types[i] if event_types is not None else None
+            if et is not None and len(et) == lengths[i]:
+                codes = self.etype_index.get_indexer(pd.Index(np.asarray(et, dtype=object).astype(str)))
+                etypes.append(np.where(codes > 0, codes, self.info["default_event_type"]).astype(np.int64))
+            else:
+                etypes.append(np.full(lengths[i], self.info["default_event_type"], np.int64))
+            ts = timestamps[i] if timestamps is not None else None
+            if ts is not None and len(ts) == lengths[i]:
+                gaps.append(gap_buckets_of(np.asarray(ts, np.int64), self.edges).astype(np.int64))
+            else:
+                g = np.full(lengths[i], self.info["default_gap_bucket"], np.int64)
+                g[:1] = 1
+                gaps.append(g)
+        users = self.user_idx(user_ids) if user_ids is not None else np.full(n, USER_UNKNOWN, np.int64)
+        return Encoded(list(items), etypes, gaps, np.asarray(users, np.int64))
+
+    # ------------------------------------------------------------------ scoring
+
+    def _pad(self, rows: list[np.ndarray]) -> torch.Tensor:
+        L = self.cfg.max_len
+        out = np.zeros((len(rows), L), np.int64)
+        for i, r in enumerate(rows):
+            r = r[-L:]
+            if len(r):
+                out[i, L - len(r):] = r
+        return torch.as_tensor(out, device=self.device)
+
+    @torch.no_grad()
+    def scores(self, enc: Encoded) -> torch.Tensor:
+        """(B, n_items) float scores on CPU; padding and unknown columns are -inf."""
+        h = self.net.last_state(self._pad(enc.items), self._pad(enc.etypes), self._pad(enc.gaps),
+                                torch.as_tensor(enc.users, device=self.device), self.table)
+        s = (h @ self.table.T).float().cpu()
+        s[:, :ITEM_FIRST] = -torch.inf
+        return s
+
+    def scores_on(self, enc: Encoded, catalogue: np.ndarray) -> torch.Tensor:
+        """Scores over another catalogue (item ids by that catalogue's index): the A/B re-scores an old
+        model on today's data. Items this model never saw score -inf (it cannot recommend them)."""
+        col = self.item_idx(catalogue)
+        col[: ITEM_FIRST] = ITEM_UNKNOWN
+        s = self.scores(enc)[:, torch.as_tensor(col)]
+        return s
+
+    def top_k(self, enc: Encoded, k: int, exclude_seen: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(B, k) item indices and scores, best first."""
+        s = self.scores(enc)
+        if self.info["exclude_seen"] if exclude_seen is None else exclude_seen:
+            rows = np.repeat(np.arange(len(enc.items)), [len(h) for h in enc.items])
+            if len(rows):
+                s[torch.as_tensor(rows), torch.as_tensor(np.concatenate(enc.items))] = -torch.inf
+        k = max(1, min(k, self.n_items - ITEM_FIRST))
+        v, i = s.topk(k, dim=1)
+        return i.numpy(), v.numpy()
+
+    def recommend(self, frame: pd.DataFrame, k: int = 10, batch_size: int = 256) -> pd.DataFrame:
+        """Rows with `user_id` and/or `history` (list of item ids; optional `event_types`, `timestamps`)
+        and optional `k` -> top-k `item_ids` and `scores` per row. `history` wins over the stored one;
+        a user with neither gets the most popular items (source 'popular')."""
+        if "user_id" not in frame and "history" not in frame:
+            raise SeqrecError("recommend: the input needs a 'user_id' or a 'history' column")
+        n = len(frame)
+        users = _column(frame, "user_id", n)
+        hists = _column(frame, "history", n)
+        ks = _column(frame, "k", n)
+        ks = np.array([int(x) if _present(x) else k for x in ks], np.int64)
+        if (ks < 1).any():
+            raise SeqrecError(f"recommend: column 'k' must be >= 1 (got {int(ks.min())})")
+        rows = self.user_rows([u if _present(u) else "" for u in users])
+        has_hist = np.array([_present(h) and len(h) > 0 for h in hists])
+        source = np.where(has_hist, "history", np.where(rows >= 0, "user", "popular"))
+        out_items: list = [None] * n
+        out_scores: list = [None] * n
+        for lo in range(0, n, batch_size):
+            idx = np.arange(lo, min(n, lo + batch_size))
+            for kind in ("history", "user"):
+                sel = idx[source[idx] == kind]
+                if not len(sel):
+                    continue
+                if kind == "user":
+                    enc = self.stored(rows[sel])
+                else:
+                    enc = self.encode([list(hists[i]) for i in sel], [users[i] if _present(users[i]) else ""
+                                                                     for i in sel],
+                                      _optional_lists(frame, "event_types", sel), _optional_lists(frame, "timestamps", sel))
+                top_i, top_v = self.top_k(enc, int(ks[sel].max()))
+                for j, i in enumerate(sel):
+                    out_items[i] = [str(x) for x in self.item_ids[top_i[j, : ks[i]]]]
+                    out_scores[i] = [float(x) for x in top_v[j, : ks[i]]]
+        for i in np.flatnonzero(source == "popular"):
+            top = self.popular[: ks[i]]
+            out_items[i] = [str(x) for x in self.item_ids[top]]
+            out_scores[i] = [float("nan")] * len(top)
+        return pd.DataFrame({"user_id": [str(u) if _present(u) else None for u in users],
+                             "item_ids": out_items, "scores": out_scores, "source": source})
+
+    def score_all(self, k: int = 10, batch_size: int = 512) -> pd.DataFrame:
+        """Top-k for every known user, long format (user_id, rank, item_id, score)."""
+        n = len(self.hist_index)
+        parts = []
+        for lo in range(0, n, batch_size):
+            rows = np.arange(lo, min(n, lo + batch_size))
+            top_i, top_v = self.top_k(self.stored(rows), k)
+            kk = top_i.shape[1]
+            parts.append(pd.DataFrame({"user_id": np.repeat(self.hist_index[rows].to_numpy(), kk),
+                                       "rank": np.tile(np.arange(1, kk + 1, dtype=np.int32), len(rows)),
+                                       "item_id": self.item_ids[top_i.ravel()].astype(str),
+                                       "score": top_v.ravel().astype(np.float32)}))
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+            {"user_id": [], "rank": [], "item_id": [], "score": []})
+
+
+def _present(x) -> bool:
+    if x is None:
+        return False
+    if isinstance(x, float) and np.isnan(x):
+        return False
+    return True
+
+
+def _column(frame: pd.DataFrame, name: str, n: int) -> list:
+    return list(frame[name]) if name in frame else [None] * n
+
+
+def _optional_lists(frame: pd.DataFrame, name: str, sel: np.ndarray) -> list | None:
+    if name not in frame:
+        return None
+    col = frame[name].to_numpy(dtype=object)
+    return [col[i] if _present(col[i]) else None for i in sel]
+
+
+def write_scores(scorer: Scorer, out: Path, k: int, batch_size: int = 512) -> dict:
+    """Batch top-k of every known user to parquet (written to a temp file, then renamed)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    frame = scorer.score_all(k, batch_size)
+    seconds = time.perf_counter() - t
+    tmp = out.with_name(f".{out.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(out)
+    users = int(frame["user_id"].nunique())
+    return {"users": users, "rows": len(frame), "seconds": seconds, "users_per_s": users / max(seconds, 1e-9)}

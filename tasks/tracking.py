@@ -1,0 +1,272 @@
+"""MLflow tracking and registration (DESIGN.md section 6).
+
+One MLflow run per training flow run: the flattened config as params, per-epoch metrics (step =
+epoch), final validation/test/auxiliary/baseline metrics, artifacts (config, data-quality report,
+per-user metrics, training curve, run summary; the A/B report is added by the compare stage) and
+tags (data version, code commit, Prefect flow-run id, dataset counts). The model is logged as a
+models-from-code pyfunc with its bundle, code, explicit pip requirements, signature and input
+example, registered under `tracking.model_name`, and the new version gets alias `challenger`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from seqrec.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CODE_PACKAGES = ("seqrec", "models", "tasks")
+
+
+class TrackingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db")
+    artifact_location: str | None = Field(None, description="artifact root of a new experiment (default <workdir>/mlartifacts)")
+    experiment: str = "seqrec"
+    model_name: str = Field("seqrec", min_length=1)
+    registry_dir: str | None = Field(None, description="promotion log + lock; default next to the SQLite store, "
+                                                       "else <workdir>/registry")
+    lock_timeout_s: float = Field(1800, gt=0, description="wait this long for another run's compare + promote")
+
+
+def tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(workdir).resolve() / 'mlflow.db')}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def registry_dir(cfg: TrackingConfig, workdir: Path) -> Path:
+    if cfg.registry_dir:
+        return Path(cfg.registry_dir).resolve()
+    db = sqlite_path(tracking_uri(cfg, workdir))
+    return db.parent / "registry" if db else Path(workdir).resolve() / "registry"
+
+
+def client_for(cfg: TrackingConfig, workdir: Path):
+    """An MlflowClient on the configured store (the SQLite file's directory is created if needed)."""
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # the pyfunc declares an explicit signature; MLflow's nudge towards type-hint inference is noise
+    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(cfg, workdir)
+    db = sqlite_path(uri)
+    if db:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(client, cfg: TrackingConfig, workdir: Path) -> str:
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    loc = Path(cfg.artifact_location or Path(workdir).resolve() / "mlartifacts")
+    if "://" not in str(cfg.artifact_location or ""):
+        loc.mkdir(parents=True, exist_ok=True)
+        loc = loc.resolve().as_uri()
+    try:
+        return client.create_experiment(cfg.experiment, artifact_location=str(loc))
+    except Exception:  # created by a concurrent run in between
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names allow [/\\w.\\- :]: 'ndcg@10' -> 'ndcg_at_10'."""
+    return name.replace("@", "_at_")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p).split('+')[0]}" for p in ("mlflow", "torch", "numpy", "pandas", "pyarrow", "pydantic")]
+
+
+def model_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([ColSpec("string", "user_id", required=False), ColSpec(Array("string"), "history", required=False),
+                     ColSpec(Array("string"), "event_types", required=False),
+                     ColSpec(Array("long"), "timestamps", required=False), ColSpec("long", "k", required=False)])
+    outputs = Schema([ColSpec("string", "user_id", required=False), ColSpec(Array("string"), "item_ids"),
+                      ColSpec(Array("double"), "scores"), ColSpec("string", "source")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("k", "long", 10)]))
+
+
+def input_example(bundle: Path):
+    import pandas as pd
+
+    hist = pd.read_parquet(Path(bundle) / "histories.parquet", columns=["user_id"]).head(1)
+    items = pd.read_parquet(Path(bundle) / "items.parquet").head(3)["item_id"].astype(str).tolist()
+    return pd.DataFrame({"user_id": [str(hist["user_id"].iloc[0]), None], "history": [None, items], "k": [10, 5]})
+
+
+def training_curve(history: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] + 1 for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for k in ("ndcg@10", "hr@10", "mrr@10"):
+        pts = [(e, h["validation"][k]) for e, h in zip(ep, history) if k in h.get("validation", {})]
+        if pts:
+            a.plot(*zip(*pts), marker=".", label=f"validation {k}")
+    a.set_xlabel("epoch")
+    a.legend()
+    a.set_title("validation ranking metrics")
+    for k in sorted({k for h in history for k in h.get("loss", {})}):
+        b.plot(ep, [h["loss"].get(k, float("nan")) for h in history], label=k)
+    b.set_xlabel("epoch")
+    b.set_yscale("log")
+    b.legend()
+    b.set_title("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _final_metrics(summary: dict) -> dict[str, float]:
+    out: dict[str, float] = {}
+    m = summary.get("metrics") or {}
+    for split, key in (("validation", "val"), ("test", "test")):
+        for k, v in (m.get(split) or {}).items():
+            out[f"{key}/{metric_key(k)}"] = float(v)
+    for split, heads in (m.get("aux") or {}).items():
+        for head, vals in heads.items():
+            for k, v in vals.items():
+                out[f"aux/{head}/{'val' if split == 'validation' else split}/{k}"] = float(v)
+    for name, splits in (summary.get("baselines") or {}).items():
+        for split, vals in splits.items():
+            for k, v in vals.items():
+                out[f"baseline/{name}/{'val' if split == 'validation' else split}/{metric_key(k)}"] = float(v)
+    tr = summary.get("training") or {}
+    for k in ("train_seconds", "best_epoch", "epochs_run", "parameters"):
+        if k in tr:
+            out[f"train/{k}"] = float(tr[k])
+    return out
+
+
+def _log_batches(client, run_id: str, metrics=(), params=(), tags=()) -> None:
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    for i in range(0, len(metrics), 900):
+        client.log_batch(run_id, metrics=metrics[i:i + 900])
+    for i in range(0, len(params), 90):
+        client.log_batch(run_id, params=params[i:i + 90])
+    if tags:
+        client.log_batch(run_id, tags=tags)
+
+
+def log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config: dict[str, Any],
+                     params: dict[str, Any], summary: dict, bundle: Path, flow_run_id: str | None) -> dict:
+    """`config` is the nested pipeline config, `params` its flattened form. Create the MLflow run, log everything known after evaluation, log + register the pyfunc and
+    give the new version alias `challenger`. Returns name, version, run id and URIs."""
+    import math
+
+    import mlflow
+    import yaml
+    from mlflow.entities import Metric, Param, RunTag
+
+    t0 = time.perf_counter()
+    client = client_for(cfg, workdir)
+    exp_id = ensure_experiment(client, cfg, workdir)
+    ds = summary.get("dataset") or {}
+    tags = {"seqrec.run_id": summary["run_id"], "data_version": summary.get("data_version") or "",
+            "git_commit": git_commit(), "prefect.flow_run_id": flow_run_id or "",
+            **{f"dataset.{k}": str(v) for k, v in ds.items()}, "mlflow.runName": summary["run_id"]}
+    run = client.create_run(exp_id, tags=tags, run_name=summary["run_id"])
+    rid = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        params = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
+        metrics = []
+        for h in summary.get("history") or []:
+            # per-epoch curves under epoch/ (final values have their own keys: one value per key and step)
+            vals = {f"epoch/val/{metric_key(k)}": v for k, v in (h.get("validation") or {}).items() if k != "users"}
+            vals.update({f"epoch/loss/{k}": v for k, v in (h.get("loss") or {}).items()})
+            vals["epoch/elapsed_s"] = h["elapsed_s"]
+            metrics += [Metric(k, float(v), now, int(h["epoch"])) for k, v in vals.items()
+                        if isinstance(v, (int, float)) and math.isfinite(v)]
+        metrics += [Metric(k, v, now, 0) for k, v in _final_metrics(summary).items() if math.isfinite(v)]
+        _log_batches(client, rid, metrics, params)
+        art = Path(run_dir) / "mlflow"
+        art.mkdir(exist_ok=True)
+        (art / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        client.log_artifact(rid, str(art / "config.yaml"))
+        if summary.get("history"):
+            client.log_artifact(rid, str(training_curve(summary["history"], art / "training_curve.png")))
+        if summary.get("per_user_metrics"):
+            client.log_artifact(rid, summary["per_user_metrics"])
+        quality = Path(run_dir) / "quality"
+        if quality.is_dir():
+            client.log_artifacts(rid, str(quality), artifact_path="quality")
+        with mlflow.start_run(run_id=rid):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                artifacts={"bundle": str(bundle)}, code_paths=[str(REPO / p) for p in CODE_PACKAGES],
+                pip_requirements=pip_requirements(), signature=model_signature(),
+                input_example=input_example(bundle))
+        mv = mlflow.register_model(info.model_uri, cfg.model_name,
+                                   tags={"seqrec.run_id": summary["run_id"],
+                                         "data_version": summary.get("data_version") or "",
+                                         "test.ndcg_at_10": f"{(summary.get('metrics') or {}).get('test', {}).get('ndcg@10', float('nan')):.5f}"})
+        client.set_registered_model_alias(cfg.model_name, "challenger", mv.version)
+    except BaseException:
+        client.set_terminated(rid, "FAILED")
+        raise
+    client.set_terminated(rid, "FINISHED")
+    return {"name": cfg.model_name, "version": int(mv.version), "tracking_uri": tracking_uri(cfg, workdir),
+            "mlflow_run_id": rid, "experiment_id": exp_id, "model_uri": f"models:/{cfg.model_name}/{mv.version}",
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def bundle_of(client, name: str, version: int | str, dst: Path) -> Path:
+    """Download a registered version's bundle directory (the scorer's input) into `dst`."""
+    import mlflow
+
+    mv = client.get_model_version(name, str(version))
+    root = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst))
+    path = Path(root) / "artifacts" / "bundle"
+    if not (path / "bundle.json").is_file():
+        raise ConfigError(f"model {name} version {version}: no seqrec bundle in its artifacts ({mv.source})")
+    return path
+
+
+def log_json_artifact(client, run_id: str, data: dict, path: Path) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str))
+    client.log_artifact(run_id, str(path))

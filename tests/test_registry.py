@@ -1,0 +1,253 @@
+"""Registry, offline A/B and promotion through the real flow (Prefect test harness, MLflow on
+SQLite, synthetic data): a worse challenger is registered but never champion, a better one is
+promoted, an identical rerun is not, rollback/promote commands follow the log, and the champion
+loads in a fresh process without the work directory."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SYNTH = {"users": 600, "items": 100, "events": 24_000, "seed": 7}
+BASE = {"data": {"source": "synthetic", "synthetic": SYNTH},
+        "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2},
+        "model": {"dim": 32, "max_len": 20}, "train": {"batch_size": 64, "threads": 1, "progress": False},
+        "ab": {"baseline": "pop", "latency_users": 30}}
+SEQREC = str(Path(sys.executable).with_name("seqrec"))
+
+
+def _cfg(**changes):
+    from flows.config import validate_config
+
+    tree = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        node = tree
+        parts = key.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return validate_config(tree)
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory, prefect_harness, cache_dir):
+    """medium (first run, vs the Pop baseline) -> crippled -> strong -> strong again (same seed)."""
+    from flows.training import training_flow
+
+    wd = tmp_path_factory.mktemp("registry") / "wd"
+    runs = {"medium": _cfg(train__epochs=9), "crippled": _cfg(train__epochs=1, train__lr=1e-5),
+            "strong": _cfg(train__epochs=15), "same": _cfg(train__epochs=15)}
+    out = {name: training_flow(config=cfg, workdir=str(wd), run_id=name) for name, cfg in runs.items()}
+    return wd, out
+
+
+def _registry(wd: Path):
+    from tasks.registry import open_registry
+    from tasks.tracking import TrackingConfig
+
+    return open_registry(TrackingConfig(), wd)
+
+
+def _cli(wd: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_HOME": str(wd.parent / "prefect-home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([SEQREC, *args, "--workdir", str(wd)], capture_output=True, text=True, timeout=300,
+                          cwd=cwd or wd.parent, env=env)
+
+
+def test_promotion_decisions(scenario):
+    wd, s = scenario
+    for name, version in (("medium", 1), ("crippled", 2), ("strong", 3), ("same", 4)):
+        assert s[name]["status"] == "completed"
+        assert s[name]["model"] == {"name": "seqrec", "version": version,
+                                    "tracking_uri": f"sqlite:///{wd.resolve() / 'mlflow.db'}"}
+    # first run: against the configured baseline, significantly better -> champion
+    assert s["medium"]["ab"]["baseline"] == "pop" and s["medium"]["ab"]["reference_version"] is None
+    assert s["medium"]["ab"]["decision"] == "pass" and s["medium"]["promoted"] is True
+    # a deliberately worse challenger is registered but never promoted
+    assert s["crippled"]["ab"]["decision"] == "fail" and s["crippled"]["promoted"] is False
+    assert s["crippled"]["ab"]["reference_version"] == 1 and s["crippled"]["ab"]["lift"] < 0
+    # a better one is
+    assert s["strong"]["ab"]["decision"] == "pass" and s["strong"]["promoted"] is True
+    assert s["strong"]["ab"]["ci_low"] > 0 and s["strong"]["ab"]["p_value"] < 0.05
+    # the same config and seed on unchanged data: statistically identical, not promoted
+    assert s["same"]["data_version"] == s["strong"]["data_version"]
+    assert s["same"]["metrics"]["test"] == s["strong"]["metrics"]["test"]
+    assert s["same"]["ab"]["lift"] == 0.0 and s["same"]["ab"]["decision"] == "fail" and not s["same"]["promoted"]
+    reg = _registry(wd)
+    assert reg.aliases() == {"champion": 3, "challenger": 4}
+    assert [e["version"] for e in reg.entries()] == [1, 3]
+
+
+def test_champion_is_rescored_on_the_same_users(scenario):
+    """The champion's re-scored metrics on unchanged data equal its own evaluation exactly."""
+    wd, s = scenario
+    ab = s["crippled"]["ab"]
+    decision = json.loads((Path(s["crippled"]["run_dir"]) / "ab" / "ab_decision.json").read_text())
+    for k in ("ndcg@10", "hr@10", "mrr@10", "ndcg@20"):
+        assert decision["means"]["reference"][k] == pytest.approx(s["medium"]["metrics"]["test"][k], abs=1e-12)
+    assert ab["n_users"] == s["medium"]["metrics"]["test"]["users"]
+    assert ab["guardrails"]["coverage@10"]["reference"] == pytest.approx(s["medium"]["metrics"]["test"]["coverage@10"])
+
+
+def test_decisions_are_recorded(scenario):
+    wd, s = scenario
+    reg = _registry(wd)
+    tags = {int(v.version): v.tags for v in reg.versions()}
+    assert tags[1]["ab.decision"] == "pass" and tags[1]["ab.baseline"] == "pop"
+    assert tags[2]["ab.decision"] == "fail" and tags[2]["ab.baseline"] == "version 1" and "lift" in tags[2]["ab.reasons"]
+    assert tags[4]["ab.decision"] == "fail" and tags[4]["ab.baseline"] == "version 3"
+    report = (Path(s["crippled"]["run_dir"]) / "ab" / "ab_report.md").read_text()
+    assert "Decision: FAIL" in report and "version 1" in report
+    # the MLflow run carries params, curves, final metrics, tags and the reports
+    run = reg.client.get_run(s["strong"]["mlflow"]["mlflow_run_id"])
+    assert run.data.params["train.epochs"] == "15" and run.data.tags["data_version"] == s["strong"]["data_version"]
+    assert run.data.tags["prefect.flow_run_id"] and run.data.tags["git_commit"]
+    assert run.data.metrics["test/ndcg_at_10"] == pytest.approx(s["strong"]["metrics"]["test"]["ndcg@10"])
+    curve = reg.client.get_metric_history(run.info.run_id, "epoch/val/ndcg_at_10")
+    assert len(curve) == len(s["strong"]["history"])
+    arts = {a.path for a in reg.client.list_artifacts(run.info.run_id)}
+    assert {"ab", "quality", "config.yaml", "training_curve.png", "per_user_test_metrics.parquet",
+            "summary.json"} <= arts
+    assert {a.path for a in reg.client.list_artifacts(run.info.run_id, "ab")} >= {"ab/ab_report.md", "ab/ab_chart.png"}
+
+
+def test_champion_loads_in_a_fresh_process_without_the_workdir(scenario, tmp_path):
+    wd, s = scenario
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("data", "runs"):  # only the MLflow store remains
+        shutil.move(str(wd / name), str(moved / name))
+    try:
+        user = pd.read_parquet(Path(s["strong"]["per_user_metrics"].replace(str(wd), str(moved))))["user_id"].iloc[0]
+        code = ("import mlflow, pandas as pd, json;"
+                f"m = mlflow.pyfunc.load_model('models:/seqrec@champion');"
+                f"out = m.predict(pd.DataFrame({{'user_id': ['{user}', None], 'history': [None, ['i1', 'i2']]}}),"
+                " params={'k': 7});"
+                "print(json.dumps({'items': [list(x) for x in out['item_ids']], 'source': list(out['source'])}))")
+        env = {**os.environ, "MLFLOW_TRACKING_URI": s["strong"]["model"]["tracking_uri"]}
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        got = json.loads(res.stdout.strip().splitlines()[-1])
+        assert got["source"] == ["user", "history"]
+        assert all(len(x) == 7 and len(set(x)) == 7 for x in got["items"])
+        rec = _cli(wd, "recommend", "--user", str(user), "--k", "5", "--json")
+        assert rec.returncode == 0, rec.stderr[-3000:]
+        out = json.loads(rec.stdout)
+        assert out["model"] == "models:/seqrec@champion" and out["source"] == "user" and len(out["items"]) == 5
+        assert [i["item_id"] for i in out["items"]] == got["items"][0][:5]
+    finally:
+        for name in ("data", "runs"):
+            shutil.move(str(moved / name), str(wd / name))
+
+
+def test_scores_map_across_catalogues(scenario):
+    """Re-scoring an old model on another catalogue: columns follow item ids; unseen ids score -inf."""
+    from tasks.bundle import Scorer
+
+    wd, s = scenario
+    sc = Scorer(Path(s["strong"]["run_dir"]) / "bundle")
+    enc = sc.stored(np.arange(5))
+    base = sc.scores(enc)
+    ids = sc.item_ids[2:].astype(str)
+    perm = np.random.default_rng(0).permutation(len(ids))
+    catalogue = np.array([None, None, *ids[perm], "brand-new-item"], dtype=object)
+    mapped = sc.scores_on(enc, catalogue)
+    assert torch_equal(mapped[:, 2:-1], base[:, 2 + perm])
+    assert bool((mapped[:, -1] == -float("inf")).all()) and bool((mapped[:, :2] == -float("inf")).all())
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_cli_models_promote_rollback_score(scenario, tmp_path):
+    wd, s = scenario
+    listing = _cli(wd, "models", "--json")
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    rows = {r["version"]: r for r in json.loads(listing.stdout)["versions"]}
+    assert rows[3]["aliases"] == ["champion"] and rows[2]["decision"] == "fail"
+    table = _cli(wd, "models")
+    assert "champion" in table.stdout and "fail" in table.stdout
+    refused = _cli(wd, "promote", "--version", "2")
+    assert refused.returncode != 0 and "--force" in refused.stderr
+    assert _registry(wd).champion() == 3
+    back = _cli(wd, "rollback")
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert _registry(wd).champion() == 1
+    forced = _cli(wd, "promote", "--version", "2", "--force")
+    assert forced.returncode == 0 and "forced" in forced.stdout
+    reg = _registry(wd)
+    assert reg.champion() == 2 and reg.version(2).tags["promotion.forced"] == "true"
+    assert [e["action"] for e in reg.entries()] == ["promote", "promote", "rollback", "force"]
+    assert _cli(wd, "rollback").returncode == 0 and _registry(wd).champion() == 1
+    nothing = _cli(wd, "rollback")
+    assert nothing.returncode != 0 and "no previous champion" in nothing.stderr
+    scored = _cli(wd, "score", "--out", str(tmp_path / "scores.parquet"), "--k", "4")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    df = pd.read_parquet(tmp_path / "scores.parquet")
+    assert df.groupby("user_id").size().eq(4).all() and df["user_id"].nunique() == SYNTH["users"]
+
+
+def test_new_data_rescoring_and_log_reconcile(scenario, prefect_harness):
+    """After the data changed, the champion is re-scored on the new test users; an alias moved
+    behind the log's back (a crash between log append and alias move) is restored first."""
+    from flows.training import training_flow
+
+    wd, s = scenario
+    reg = _registry(wd)
+    champ = reg.champion()
+    reg.client.set_registered_model_alias("seqrec", "champion", "4")  # the log does not say so
+    out = training_flow(config=_cfg(train__epochs=3, data__synthetic={**SYNTH, "events": 20_000}),
+                        workdir=str(wd), run_id="newdata")
+    assert out["status"] == "completed" and out["data_version"] != s["strong"]["data_version"]
+    assert out["ab"]["reference_version"] == champ
+    assert out["ab"]["n_users"] == out["metrics"]["test"]["users"]
+
+
+def test_paired_stats_and_guardrails():
+    from tasks.ab import ABConfig, Side, decide, paired_stats
+
+    cfg = ABConfig()
+    rng = np.random.default_rng(0)
+    ref = rng.random(400)
+    same = paired_stats(ref, ref, cfg, 0)
+    assert same["lift"] == 0 and same["p_value"] == 1.0 and same["ci_low"] == same["ci_high"] == 0
+    better = paired_stats(ref + 0.05 + 0.01 * rng.standard_normal(400), ref, cfg, 0)
+    assert better["lift"] == pytest.approx(0.05, abs=0.005) and better["ci_low"] > 0 and better["p_value"] < 1e-6
+    users = np.array([f"u{i}" for i in range(400)])
+    per = {m: ref for m in ("ndcg@10", "hr@10", "mrr@10")}
+    fast = {"p50_ms": 1.0, "p95_ms": 2.0, "requests": 10}
+    chal = Side("v2", users, {**per, "ndcg@10": ref + 0.05, "hr@10": ref - 0.2}, 0.5, 2)
+    d = decide(cfg, chal, Side("v1", users[::-1], {k: v[::-1] for k, v in per.items()}, 0.5, 1), fast, 0)
+    assert d["decision"] == "fail" and d["reasons"] == ["guardrail hr@10 failed (drop <= 0.01)"]
+    slow = {"p50_ms": 80.0, "p95_ms": 90.0, "requests": 10}
+    chal.per_user["hr@10"] = ref
+    d = decide(cfg, chal, Side("v1", users, per, 0.5, 1), slow, 0)
+    assert d["decision"] == "fail" and d["reasons"] == ["guardrail latency_p95_ms failed (<= 50.0)"]
+    d = decide(cfg, chal, Side("v1", users, per, 0.5, 1), fast, 0)
+    assert d["decision"] == "pass" and d["lift"] == pytest.approx(0.05)
+
+
+def test_promotion_log_replay(tmp_path):
+    from tasks.registry import Registry
+
+    reg = Registry(client=None, name="m", root=tmp_path)
+    for action, v in (("promote", 1), ("promote", 3), ("rollback", 1), ("force", 2), ("promote", 5), ("rollback", 2)):
+        reg._append({"action": action, "version": v})
+    assert reg.champion_stack() == [1, 2]
+    with open(reg.log_path, "a") as f:
+        f.write('{"action": "promote", "vers')  # torn last line: a crash mid-append
+    assert reg.champion_stack() == [1, 2]
