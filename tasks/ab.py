@@ -179,6 +179,10 @@ def decide(cfg: ABConfig, chal: Side, ref: Side, latency: dict, seed: int) -> di
     return out
 
 
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
 def write_report(out_dir: Path, d: dict, chal: Side, ref: Side) -> tuple[Path, Path]:
     import matplotlib
 
@@ -209,7 +213,7 @@ def write_report(out_dir: Path, d: dict, chal: Side, ref: Side) -> tuple[Path, P
     plt.close(fig)
     rows = "\n".join(f"| {k} | {d['means']['reference'][k]:.4f} | {d['means']['challenger'][k]:.4f} | "
                      f"{d['means']['challenger'][k] - d['means']['reference'][k]:+.4f} |" for k in METRICS)
-    guards = "\n".join(f"| {k} | {v.get('reference', float('nan')):.4g} | {v['challenger']:.4g} | {v['limit']} | "
+    guards = "\n".join(f"| {k} | {_fmt(v.get('reference'))} | {_fmt(v['challenger'])} | {v['limit']} | "
                        f"{'pass' if v['passed'] else 'FAIL'} |" for k, v in d["guardrails"].items())
     rel = f" ({d['relative_lift']:+.1%})" if d.get("relative_lift") is not None else ""
     md = f"""# Offline A/B: {chal.label} vs {ref.label}
