@@ -17,9 +17,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import ab_artifact, quality_artifact, summary_artifact
 from flows.config import PipelineConfig
 from seqrec.errors import SeqrecError
-from seqrec.fsutil import write_json_atomic
+from seqrec.fsutil import stable_hash, write_json_atomic
 from tasks import preprocess as pre
 from tasks import sources, validate
 from tasks.dask_cluster import dask_client
@@ -39,7 +40,18 @@ def validate_raw_task(inputs, vcfg, client, report_dir: Path):
     return validate.validate_raw(inputs, vcfg, client, report_dir)
 
 
-@task(name="preprocess", cache_policy=NO_CACHE)
+def _preprocess_key(_ctx, p: dict) -> str:
+    # the data version is the content hash of the raw inputs + preprocessing config
+    return f"preprocess-{pre.data_version(p['inputs'], p['pcfg'], p['vcfg'])}-{stable_hash(str(p['workdir']), n=8)}"
+
+
+def _features_key(_ctx, p: dict) -> str:
+    from tasks.features import views_path
+
+    return f"features-{stable_hash(str(views_path(Path(p['data_path']), p['vcfg'])), n=16)}"
+
+
+@task(name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)
 def preprocess_task(inputs, pcfg, vcfg, client, workdir: Path, qrules):
     return pre.preprocess(inputs, pcfg, vcfg, client, workdir, qrules)
 
@@ -49,11 +61,52 @@ def validate_processed_task(result, vcfg, raw_results, report_dir: Path):
     return validate.validate_processed(result, vcfg, raw_results, report_dir)
 
 
-@task(name="features", cache_policy=NO_CACHE)
-def features_task(data_path: str, vcfg, cache_dir: Path) -> Path:
-    from tasks.features import build_views
+@task(name="item_view", cache_policy=NO_CACHE)
+def item_view_task(data_path: str, vcfg, cache_dir: Path) -> dict:
+    from tasks.features import item_view
 
-    return build_views(Path(data_path), vcfg, cache_dir)
+    return item_view(Path(data_path), vcfg, cache_dir)
+
+
+@task(name="user_view", cache_policy=NO_CACHE)
+def user_view_task(data_path: str, vcfg) -> dict:
+    from tasks.features import user_view
+
+    return user_view(Path(data_path), vcfg)
+
+
+@task(name="sequence_view", cache_policy=NO_CACHE)
+def sequence_view_task(data_path: str, vcfg) -> dict:
+    from tasks.features import sequence_view
+
+    return sequence_view(Path(data_path), vcfg)
+
+
+@task(name="features", cache_key_fn=_features_key, persist_result=True)
+def features_task(data_path: str, vcfg, views: tuple | None) -> str:
+    """Writes the three views' outputs as one views directory (atomically); returns its path."""
+    from tasks.features import views_path, write_views_dir
+
+    out = views_path(Path(data_path), vcfg)
+    if views is None:
+        if not out.is_dir():
+            raise RuntimeError(f"views {out} expected to exist")
+        return str(out)
+    return str(write_views_dir(Path(data_path), vcfg, *views))
+
+
+def build_features(data_path: str, vcfg, cache_dir: Path, storage, refresh: bool) -> tuple[Path, bool]:
+    """The three view stages concurrently, then the combined write; a Prefect cache hit (keyed by the
+    views' content hash) skips all of it when the views directory exists."""
+    from tasks.features import views_path
+
+    exists = views_path(Path(data_path), vcfg).is_dir()
+    combine = features_task.with_options(result_storage=storage, refresh_cache=refresh or not exists)
+    if exists and not refresh:
+        return Path(combine(data_path, vcfg, None)), True
+    futures = [item_view_task.submit(data_path, vcfg, cache_dir), user_view_task.submit(data_path, vcfg),
+               sequence_view_task.submit(data_path, vcfg)]
+    return Path(combine(data_path, vcfg, tuple(f.result() for f in futures))), False
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -132,6 +185,7 @@ class RunSummary:
                              isinstance(e, SeqrecError) else str(e))
             if not isinstance(e, SeqrecError):
                 self.data["traceback"] = traceback.format_exc()[-4000:]
+            _artifact(summary_artifact, self.data)
             raise
         finally:
             self.data["timings_s"][name] = round(time.perf_counter() - t, 3)
@@ -140,13 +194,24 @@ class RunSummary:
 
 
 @flow(name="seqrec-training", log_prints=True)
-def training_flow(config: PipelineConfig, workdir: str = ".seqrec", run_id: str = "manual",
-                  until: str | None = None) -> dict[str, Any]:
+def training_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".seqrec", run_id: str | None = None,
+                  until: str | None = None, refresh: bool = False) -> dict[str, Any]:
+    """Train, evaluate, register, compare and (if the A/B passes) promote. `refresh` recomputes the
+    cached pure stages (preprocess, features) even when their content hash is unchanged."""
+    from prefect.filesystems import LocalFileSystem
+    from prefect.runtime import flow_run
+
     log = get_run_logger()
     wd = Path(workdir).resolve()
+    run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + str(flow_run.get_id() or "")[:6]
     run_dir = wd / "runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(run_dir, run_id)
+    summary.data["prefect"] = {"flow_run_id": str(flow_run.get_id()), "api_url": _api_url()}
+    summary.save()
+    # cached results live with the work directory they describe (a saved block: Prefect requires it)
+    storage = LocalFileSystem(basepath=str(wd / "prefect-results"))
+    storage.save(f"seqrec-results-{stable_hash(str(wd), n=12)}", overwrite=True)
     t0 = time.perf_counter()
 
     def done(name: str) -> bool:
@@ -168,7 +233,12 @@ def training_flow(config: PipelineConfig, workdir: str = ".seqrec", run_id: str 
             return _finish(summary, t0)
         with summary.stage("preprocess"):
             qrules = next(r for r in raw if r.table == "events").quarantine_rules or None
-            result = preprocess_task(inputs, config.preprocess, config.validation, client, wd, qrules)
+            version_dir = wd / "data" / pre.data_version(inputs, config.preprocess, config.validation)
+            exists = version_dir.is_dir()
+            result = preprocess_task.with_options(result_storage=storage, refresh_cache=refresh or not exists)(
+                inputs, config.preprocess, config.validation, client, wd, qrules)
+            if exists and not refresh:  # a cache hit, or the content-addressed version found on disk
+                result = result.model_copy(update={"reused": True, "staging_path": None})
             summary.data.update(data_version=result.data_version, data_path=result.path,
                                 data_reused=result.reused, drops=result.drops,
                                 dataset={k: result.counts[k] for k in ("users", "items", "events")})
@@ -177,12 +247,14 @@ def training_flow(config: PipelineConfig, workdir: str = ".seqrec", run_id: str 
     # processed validation gates the version even with --until preprocess: a data version becomes
     # visible only after it passed, so "preprocess" includes it
     with summary.stage("validate_processed"):
-        validate_processed_task(result, config.validation, raw, run_dir)
+        processed = validate_processed_task(result, config.validation, raw, run_dir)
+        _artifact(quality_artifact, [*raw, processed])
     if until in ("preprocess", "validate_processed"):
         return _finish(summary, t0)
     with summary.stage("features"):
-        views = features_task(result.path, config.views, sources.cache_root(config.data))
+        views, cached = build_features(result.path, config.views, sources.cache_root(config.data), storage, refresh)
         summary.data["views_path"] = str(views)
+        summary.data["views_reused"] = cached
     if done("features"):
         return _finish(summary, t0)
     with summary.stage("train"):
@@ -225,6 +297,7 @@ def training_flow(config: PipelineConfig, workdir: str = ".seqrec", run_id: str 
         with summary.stage("promote"):
             summary.data["promoted"] = promote_task(registry, reg["version"], ab, reg["mlflow_run_id"])
             summary.data["champion"] = registry.champion()
+    _artifact(ab_artifact, summary.data)
     _log_run_artifacts(registry.client, reg["mlflow_run_id"], run_dir, summary)
     return _finish(summary, t0)
 
@@ -243,8 +316,23 @@ def _log_run_artifacts(client, mlflow_run_id: str, run_dir: Path, summary: "RunS
     client.log_artifact(mlflow_run_id, str(summary.path))
 
 
+def _api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def _artifact(make, *args) -> None:
+    """Artifacts are a view of the run, never a reason for it to fail."""
+    try:
+        make(*args)
+    except Exception as e:  # noqa: BLE001
+        get_run_logger().warning("could not create Prefect artifact %s: %s", make.__name__, e)
+
+
 def _finish(summary: RunSummary, t0: float) -> dict[str, Any]:
     summary.data["status"] = "completed"
     summary.data["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
     summary.save()
+    _artifact(summary_artifact, summary.data)
     return summary.data

@@ -54,6 +54,7 @@ def run(
     workdir: Annotated[Path, typer.Option(help="all outputs of the run go here")] = Path(".seqrec"),
     summary_json: Annotated[Optional[Path], typer.Option(help="write the run summary (JSON) here")] = None,
     until: Annotated[Optional[str], typer.Option(help=STAGE_HELP)] = None,
+    refresh: Annotated[bool, typer.Option(help="recompute cached pure stages (preprocess, features)")] = False,
 ) -> None:
     """Run the training flow (a Prefect flow run; an ephemeral Prefect server unless PREFECT_API_URL is set)."""
     _env_defaults()
@@ -71,7 +72,8 @@ def run(
         _fail(f"--until must be one of {STAGES}, got '{until}'")
     workdir = workdir.resolve()
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
-    state = training_flow(config=cfg, workdir=str(workdir), run_id=run_id, until=until, return_state=True)
+    state = training_flow(config=cfg, workdir=str(workdir), run_id=run_id, until=until, refresh=refresh,
+                          return_state=True)
     summary_path = workdir / "runs" / run_id / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {
         "status": "failed", "failed_stage": "flow", "error": str(state.message)}

@@ -70,32 +70,22 @@ def item_view(data_path: Path, vcfg: ViewsConfig, cache_dir: Path) -> dict:
     seq = read_sequences(data_path)
     counts = np.bincount(np.concatenate(_train_part(seq, "items")), minlength=n)
     pop = np.where(counts > 0, 1 + np.minimum(vcfg.num_buckets * 2 - 1, np.floor(np.log2(counts + 1))), 0).astype(np.int64)
-    path = Path(data_path) / "tables" / "items.parquet"
-    items = pd.read_parquet(path) if path.is_file() else pd.DataFrame({"item_idx": np.arange(2, n)})
+    items = _items_table(data_path, n)
     idx = items["item_idx"].to_numpy()
     cat, cat_sizes = _categorical_codes(items, s["item_categorical"], idx, n)
     multi_lists: dict[int, list[int]] = {int(i): [] for i in idx}
     multi_vocab: dict[str, int] = {}
-    attr_vocab: list[str] = []
-    for k, c in enumerate(c for c in s["item_multi"] if c in items):
+    for c in (c for c in s["item_multi"] if c in items):
         for i, v in zip(idx, items[c].fillna("")):
             for tok in filter(None, str(v).split("|")):
                 key = f"{c}={tok}"
                 code = multi_vocab.setdefault(key, len(multi_vocab) + 1)
                 multi_lists[int(i)].append(code)
-                if k == 0 and tok not in attr_vocab:
-                    attr_vocab.append(tok)
     width = max([1, *(len(v) for v in multi_lists.values())])
     multi = np.zeros((n, width), np.int64)
     for i, codes in multi_lists.items():
         multi[i, : len(codes)] = codes
-    attr = np.zeros((n, len(attr_vocab)), np.float32)
-    first_multi = next((c for c in s["item_multi"] if c in items), None)
-    if first_multi:
-        pos = {t: j for j, t in enumerate(attr_vocab)}
-        for i, v in zip(idx, items[first_multi].fillna("")):
-            for tok in filter(None, str(v).split("|")):
-                attr[i, pos[tok]] = 1.0
+    attr, attr_vocab = attribute_targets(items, s["item_multi"], n)
     num_cols = [c for c in s["item_numeric"] if c in items]
     num = np.zeros((n, max(1, len(num_cols))), np.int64)
     for j, c in enumerate(num_cols):
@@ -112,6 +102,26 @@ def item_view(data_path: Path, vcfg: ViewsConfig, cache_dir: Path) -> dict:
             "num_size": (vcfg.num_buckets + 1) * max(1, len(num_cols)) + 1, "pop": pop,
             "pop_size": vcfg.num_buckets * 2 + 1, "text": text, "attr_target": attr, "attr_vocab": attr_vocab,
             "text_meta": text_meta, "train_counts": counts}
+
+
+def _items_table(data_path: Path, n: int) -> pd.DataFrame:
+    path = Path(data_path) / "tables" / "items.parquet"
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame({"item_idx": np.arange(2, n)})
+
+
+def attribute_targets(items: pd.DataFrame, multi_columns: list[str], n: int) -> tuple[np.ndarray, list[str]]:
+    """(n, A) multi-hot of the first multi-valued attribute (e.g. genres): the attribute head's target
+    and the user view's genre distribution."""
+    first = next((c for c in multi_columns if c in items), None)
+    if first is None:
+        return np.zeros((n, 0), np.float32), []
+    tokens = [list(filter(None, str(v).split("|"))) for v in items[first].fillna("")]
+    vocab = list(dict.fromkeys(t for row in tokens for t in row))
+    pos = {t: j for j, t in enumerate(vocab)}
+    attr = np.zeros((n, len(vocab)), np.float32)
+    for i, row in zip(items["item_idx"].to_numpy(), tokens):
+        attr[i, [pos[t] for t in row]] = 1.0
+    return attr, vocab
 
 
 def encode_text(texts: list[str], vcfg: ViewsConfig, cache_dir: Path) -> tuple[np.ndarray, dict]:
@@ -169,9 +179,11 @@ def _sentence_embeddings(texts: list[str], vcfg: ViewsConfig) -> tuple[np.ndarra
         return None, {}
 
 
-def user_view(data_path: Path, vcfg: ViewsConfig, attr_target: np.ndarray) -> dict:
+def user_view(data_path: Path, vcfg: ViewsConfig) -> dict:
     meta = json.loads((Path(data_path) / "meta.json").read_text())
     s = meta["schema"]
+    n_items = meta["counts"]["items"] + 2
+    attr_target, _ = attribute_targets(_items_table(data_path, n_items), s["item_multi"], n_items)
     seq = read_sequences(data_path)
     n_users = meta["counts"]["users"] + 1
     uidx = seq["user_idx"].to_numpy()
@@ -230,9 +242,15 @@ def build_views(data_path: Path, vcfg: ViewsConfig, cache_dir: Path) -> Path:
     out = views_path(data_path, vcfg)
     if out.is_dir():
         return out
-    it = item_view(data_path, vcfg, cache_dir)
-    us = user_view(data_path, vcfg, it["attr_target"])
-    sq = sequence_view(data_path, vcfg)
+    return write_views_dir(data_path, vcfg, item_view(data_path, vcfg, cache_dir), user_view(data_path, vcfg),
+                           sequence_view(data_path, vcfg))
+
+
+def write_views_dir(data_path: Path, vcfg: ViewsConfig, it: dict, us: dict, sq: dict) -> Path:
+    """The three views' outputs -> <data version>/views/<hash>/, atomically (kept if already there)."""
+    out = views_path(data_path, vcfg)
+    if out.is_dir():
+        return out
     with atomic_dir(out) as tmp:
         write_views(tmp, it, us, sq)
     return out
