@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from seqrec.errors import ConfigError
+from seqrec.servers import ServerConfig
 from models.net import ModelConfig
 from models.train import TrainConfig
 from tasks.ab import ABConfig
@@ -38,6 +39,7 @@ class PipelineConfig(BaseModel):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     ab: ABConfig = ABConfig()
+    server: ServerConfig = ServerConfig()
 
     @model_validator(mode="after")
     def _ab_baseline_is_evaluated(self) -> "PipelineConfig":

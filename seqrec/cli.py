@@ -300,6 +300,100 @@ def score(
                f"({stats['users_per_s']:.0f} users/s)")
 
 
+# --------------------------------------------------------------------------- servers and deployments
+
+server_app = typer.Typer(no_args_is_help=True, help="Local Prefect + MLflow servers (127.0.0.1 by default).")
+app.add_typer(server_app, name="server")
+
+
+def _server_cfg(config: Optional[Path], set_: Optional[list[str]]):
+    _env_defaults()
+    from flows.config import load_config
+    from seqrec.errors import SeqrecError
+
+    try:
+        return load_config(config, set_ or [])
+    except SeqrecError as e:
+        _fail(str(e))
+
+
+@server_app.command("start")
+def server_start(config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec")) -> None:
+    """Start a Prefect server and an MLflow server on this work directory's store; waits until healthy."""
+    from seqrec import servers
+    from seqrec.errors import SeqrecError
+
+    cfg = _server_cfg(config, set_)
+    try:
+        st = servers.start(cfg.server, workdir, log=typer.echo)
+    except SeqrecError as e:
+        _fail(str(e))
+    typer.echo(f"Prefect UI/API: {st['prefect_api_url'].removesuffix('/api')}   MLflow UI: {st['mlflow_tracking_uri']}")
+    typer.echo(f"use them:  export PREFECT_API_URL={st['prefect_api_url']}   then  seqrec serve --workdir {workdir}")
+
+
+@server_app.command("stop")
+def server_stop(config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec")) -> None:
+    """Stop both servers (SIGTERM to their process groups, SIGKILL after 30 s)."""
+    from seqrec import servers
+
+    servers.stop(_server_cfg(config, set_).server, workdir, log=typer.echo)
+
+
+@server_app.command("status")
+def server_status(config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec"),
+                  as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Whether the servers run, and their URLs."""
+    from seqrec import servers
+
+    st = servers.status(_server_cfg(config, set_).server, workdir)
+    if as_json:
+        typer.echo(json.dumps({k: st[k] for k in ("prefect_api_url", "mlflow_tracking_uri", "running")}))
+        return
+    for name, p in st["processes"].items():
+        typer.echo(f"{name}: {'running' if p['pid'] else 'stopped'} (pid {p['pid']}), "
+                   f"{'healthy' if p['healthy'] else 'not answering'}; log {st['logs'][name]}")
+    typer.echo(f"prefect api: {st['prefect_api_url']}  mlflow: {st['mlflow_tracking_uri']}")
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec"),
+    training_cron: Annotated[Optional[str], typer.Option(help="default: server.training_cron")] = None,
+    scoring_cron: Annotated[Optional[str], typer.Option(help="default: server.scoring_cron")] = None,
+) -> None:
+    """Serve the training and scoring deployments on the Prefect server (blocks; Ctrl-C stops and
+    pauses the schedules). Runs started from the UI use their edited parameters."""
+    from seqrec import servers
+
+    cfg = _server_cfg(config, set_)
+    api = servers.api_url_for(cfg.server, workdir)
+    if not api:
+        _fail("no Prefect server: start one with `seqrec server start` (or set PREFECT_API_URL)")
+    os.environ["PREFECT_API_URL"] = api  # before prefect is imported: its settings are read once
+    from prefect import serve as prefect_serve
+
+    from flows.scoring import scoring_flow
+    from flows.training import training_flow
+
+    wd = str(workdir.resolve())
+    params = {"config": cfg.model_dump(mode="json", by_alias=True), "workdir": wd}
+    tz = cfg.server.timezone
+    deployments = [
+        training_flow.to_deployment(name="seqrec-training", cron=training_cron or cfg.server.training_cron,
+                                    parameters=params, tags=["seqrec"], description="Retrain, A/B and promote"),
+        scoring_flow.to_deployment(name="seqrec-scoring", cron=scoring_cron or cfg.server.scoring_cron,
+                                   parameters=params, tags=["seqrec"], description="Batch top-k from champion"),
+    ]
+    for d in deployments:
+        if d.schedules:
+            for sch in d.schedules:
+                sch.schedule.timezone = tz
+    typer.echo(f"serving seqrec-training/seqrec-training and seqrec-scoring/seqrec-scoring on {api} "
+               f"(work directory {wd})")
+    prefect_serve(*deployments)
+
+
 @data_app.command("fetch")
 def data_fetch(
     name: Annotated[str, typer.Argument(help="dataset name: ml-100k")],

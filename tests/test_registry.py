@@ -251,3 +251,24 @@ def test_promotion_log_replay(tmp_path):
     with open(reg.log_path, "a") as f:
         f.write('{"action": "promote", "vers')  # torn last line: a crash mid-append
     assert reg.champion_stack() == [1, 2]
+
+
+def test_prefect_artifacts_of_a_full_run(scenario):
+    """The data-quality table, A/B report and run summary appear as artifacts of the flow run."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    wd, s = scenario
+
+    async def read(run_id: str):
+        async with get_client() as c:
+            return await c.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+
+    arts = {a.key: a for a in asyncio.run(read(s["strong"]["prefect"]["flow_run_id"]))}
+    assert {"data-quality", "ab-report", "run-summary"} <= arts.keys()
+    assert "PASS" in arts["ab-report"].data and "version 1" in arts["ab-report"].data
+    rows = json.loads(arts["data-quality"].data) if isinstance(arts["data-quality"].data, str) else arts["data-quality"].data
+    assert any(r["column"] == "timestamp" and r["result"] == "pass" for r in rows)
