@@ -23,7 +23,7 @@ from seqrec.errors import SeqrecError
 from seqrec.fsutil import stable_hash, write_json_atomic
 from tasks import preprocess as pre
 from tasks import sources, validate
-from tasks.dask_cluster import dask_client
+from tasks.dask_cluster import dask_client, stage_client
 
 STAGES = ["ingest", "validate_raw", "preprocess", "validate_processed", "features", "train", "evaluate", "register",
           "compare", "promote"]
@@ -36,8 +36,9 @@ def ingest_task(cfg: sources.DataConfig) -> sources.ResolvedInputs:
 
 
 @task(name="validate_raw", cache_policy=NO_CACHE)
-def validate_raw_task(inputs, vcfg, client, report_dir: Path):
-    return validate.validate_raw(inputs, vcfg, client, report_dir)
+def validate_raw_task(inputs, vcfg, report_dir: Path):
+    with stage_client() as client:
+        return validate.validate_raw(inputs, vcfg, client, report_dir)
 
 
 def _preprocess_key(_ctx, p: dict) -> str:
@@ -52,8 +53,9 @@ def _features_key(_ctx, p: dict) -> str:
 
 
 @task(name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)
-def preprocess_task(inputs, pcfg, vcfg, client, workdir: Path, qrules):
-    return pre.preprocess(inputs, pcfg, vcfg, client, workdir, qrules)
+def preprocess_task(inputs, pcfg, vcfg, workdir: Path, qrules):
+    with stage_client() as client:
+        return pre.preprocess(inputs, pcfg, vcfg, client, workdir, qrules)
 
 
 @task(name="validate_processed", cache_policy=NO_CACHE)
@@ -95,18 +97,35 @@ def features_task(data_path: str, vcfg, views: tuple | None) -> str:
     return str(write_views_dir(Path(data_path), vcfg, *views))
 
 
-def build_features(data_path: str, vcfg, cache_dir: Path, storage, refresh: bool) -> tuple[Path, bool]:
+def build_features(run: "Runner", data_path: str, vcfg, cache_dir: Path, storage, refresh: bool) -> tuple[Path, bool]:
     """The three view stages concurrently, then the combined write; a Prefect cache hit (keyed by the
     views' content hash) skips all of it when the views directory exists."""
     from tasks.features import views_path
 
     exists = views_path(Path(data_path), vcfg).is_dir()
     combine = features_task.with_options(result_storage=storage, refresh_cache=refresh or not exists)
-    if exists and not refresh:
-        return Path(combine(data_path, vcfg, None)), True
-    futures = [item_view_task.submit(data_path, vcfg, cache_dir), user_view_task.submit(data_path, vcfg),
-               sequence_view_task.submit(data_path, vcfg)]
-    return Path(combine(data_path, vcfg, tuple(f.result() for f in futures))), False
+    if exists and not refresh:  # an expected cache hit: looked up in the flow process
+        return Path(Runner(None)(combine, data_path=data_path, vcfg=vcfg, views=None)), True
+    futures = [run.submit(item_view_task, data_path=data_path, vcfg=vcfg, cache_dir=cache_dir),
+               run.submit(user_view_task, data_path=data_path, vcfg=vcfg),
+               run.submit(sequence_view_task, data_path=data_path, vcfg=vcfg)]
+    return Path(run(combine, data_path=data_path, vcfg=vcfg, views=tuple(f.result() for f in futures))), False
+
+
+class Runner:
+    """Where stage tasks run: Prefect's DaskTaskRunner on the pipeline's Dask cluster (`dask.task_runner
+    = dask`, the default), or the flow's own thread pool (`threads`)."""
+
+    def __init__(self, task_runner=None) -> None:
+        self.task_runner = task_runner
+
+    def submit(self, task_, **parameters):
+        if self.task_runner is None:
+            return task_.submit(**parameters)
+        return self.task_runner.submit(task_, parameters=parameters)
+
+    def __call__(self, task_, **parameters):
+        return self.submit(task_, **parameters).result()
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -141,18 +160,21 @@ def register_task(config: PipelineConfig, workdir: Path, run_dir: Path, summary:
 
 
 @task(name="compare", cache_policy=NO_CACHE)
-def compare_task(config: PipelineConfig, registry, data_path: str, run_dir: Path, summary: dict) -> dict:
+def compare_task(config: PipelineConfig, workdir: Path, data_path: str, run_dir: Path, summary: dict) -> dict:
     from tasks.ab import run_ab
+    from tasks.registry import open_registry
 
     log = get_run_logger()
-    return run_ab(config.ab, registry, Path(data_path), run_dir, summary, summary["model"]["version"],
-                  run_dir / "bundle", config.eval.exclude_seen, config.eval.batch_size, config.seed, log.info)
+    return run_ab(config.ab, open_registry(config.tracking, workdir), Path(data_path), run_dir, summary,
+                  summary["model"]["version"], run_dir / "bundle", config.eval.exclude_seen, config.eval.batch_size,
+                  config.seed, log.info)
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_task(registry, version: int, decision: dict, mlflow_run_id: str) -> bool:
-    from tasks.registry import RegistryError
+def promote_task(config: PipelineConfig, workdir: Path, version: int, decision: dict, mlflow_run_id: str) -> bool:
+    from tasks.registry import RegistryError, open_registry
 
+    registry = open_registry(config.tracking, workdir)
     if decision["decision"] != "pass":
         return False
     if registry.champion() != decision["reference_version"]:  # cannot happen under the lock; never act stale
@@ -214,71 +236,100 @@ def training_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".se
     storage.save(f"seqrec-results-{stable_hash(str(wd), n=12)}", overwrite=True)
     t0 = time.perf_counter()
 
-    def done(name: str) -> bool:
-        return until == name
-
     with summary.stage("ingest"):
         inputs = ingest_task(config.data)
         log.info("ingest: %d event file(s) from source %s", len(inputs.events), inputs.source)
-    if done("ingest"):
+    if until == "ingest":
         return _finish(summary, t0)
-    with dask_client(config.dask, wd) as client:
-        log.info("dask: %s", client.dashboard_link if config.dask.address else f"local cluster {client.scheduler.address}")
-        with summary.stage("validate_raw"):
-            raw = validate_raw_task(inputs, config.validation, client, run_dir)
-            summary.data["quality"] = {"report_dir": str(run_dir / "quality"),
-                                       "tables": {r.table: {"rows": r.rows, "success": r.success}
-                                                  for r in raw}}
-        if done("validate_raw"):
-            return _finish(summary, t0)
-        with summary.stage("preprocess"):
-            qrules = next(r for r in raw if r.table == "events").quarantine_rules or None
-            version_dir = wd / "data" / pre.data_version(inputs, config.preprocess, config.validation)
-            exists = version_dir.is_dir()
-            result = preprocess_task.with_options(result_storage=storage, refresh_cache=refresh or not exists)(
-                inputs, config.preprocess, config.validation, client, wd, qrules)
-            if exists and not refresh:  # a cache hit, or the content-addressed version found on disk
-                result = result.model_copy(update={"reused": True, "staging_path": None})
-            summary.data.update(data_version=result.data_version, data_path=result.path,
-                                data_reused=result.reused, drops=result.drops,
-                                dataset={k: result.counts[k] for k in ("users", "items", "events")})
-            log.info("preprocess: data version %s (%s), %s, dropped %s", result.data_version,
-                     "reused" if result.reused else "new", summary.data["dataset"], result.drops)
+    # worker processes report task runs to this flow's API (the ephemeral one too), never their own
+    with dask_client(config.dask, wd, worker_env={"PREFECT_API_URL": _client_api_url()}) as client, \
+            _task_runner(config.dask, client) as task_runner:
+        log.info("dask: %s; stage tasks on %s", client.dashboard_link if config.dask.address else
+                 f"local cluster {client.scheduler.address}",
+                 "the Dask cluster (DaskTaskRunner)" if task_runner else "the flow's thread pool")
+        summary.data["task_runner"] = "dask" if task_runner else "threads"
+        _pipeline(Runner(task_runner), config, wd, run_dir, inputs, summary, storage, until, refresh, log)
+    return _finish(summary, t0)
+
+
+@contextlib.contextmanager
+def _task_runner(cfg, client):
+    if cfg.task_runner != "dask":
+        yield None
+        return
+    from prefect_dask import DaskTaskRunner
+
+    with DaskTaskRunner(address=client.scheduler.address) as runner:
+        yield runner
+
+
+def _pipeline(run: Runner, config: PipelineConfig, wd: Path, run_dir: Path, inputs, summary: RunSummary, storage,
+              until: str | None, refresh: bool, log) -> None:
+    """The stages after ingest; returns early at `until` (the caller finishes the summary).
+
+    Data stages run on `run` (the DaskTaskRunner by default). Model stages run in the flow process:
+    training is one long task that does not use the cluster, the GPU (if any) sits with the flow, and
+    on a worker process it measured 1.6x slower on this machine (BENCHMARKS.md, orchestration)."""
+    local = Runner(None)
+    with summary.stage("validate_raw"):
+        raw = run(validate_raw_task, inputs=inputs, vcfg=config.validation, report_dir=run_dir)
+        summary.data["quality"] = {"report_dir": str(run_dir / "quality"),
+                                   "tables": {r.table: {"rows": r.rows, "success": r.success} for r in raw}}
+    if until == "validate_raw":
+        return
+    with summary.stage("preprocess"):
+        qrules = next(r for r in raw if r.table == "events").quarantine_rules or None
+        version_dir = wd / "data" / pre.data_version(inputs, config.preprocess, config.validation)
+        exists = version_dir.is_dir()
+        # an expected cache hit is looked up in the flow process: shipping it to a worker costs imports
+        result = (local if exists and not refresh else run)(
+            preprocess_task.with_options(result_storage=storage, refresh_cache=refresh or not exists),
+            inputs=inputs, pcfg=config.preprocess, vcfg=config.validation, workdir=wd, qrules=qrules)
+        if exists and not refresh:  # a cache hit, or the content-addressed version found on disk
+            result = result.model_copy(update={"reused": True, "staging_path": None})
+        summary.data.update(data_version=result.data_version, data_path=result.path, data_reused=result.reused,
+                            drops=result.drops, dataset={k: result.counts[k] for k in ("users", "items", "events")})
+        log.info("preprocess: data version %s (%s), %s, dropped %s", result.data_version,
+                 "reused" if result.reused else "new", summary.data["dataset"], result.drops)
     # processed validation gates the version even with --until preprocess: a data version becomes
     # visible only after it passed, so "preprocess" includes it
     with summary.stage("validate_processed"):
-        processed = validate_processed_task(result, config.validation, raw, run_dir)
+        processed = run(validate_processed_task, result=result, vcfg=config.validation, raw_results=raw,
+                        report_dir=run_dir)
         _artifact(quality_artifact, [*raw, processed])
     if until in ("preprocess", "validate_processed"):
-        return _finish(summary, t0)
+        return
     with summary.stage("features"):
-        views, cached = build_features(result.path, config.views, sources.cache_root(config.data), storage, refresh)
+        views, cached = build_features(run, result.path, config.views, sources.cache_root(config.data), storage,
+                                       refresh)
         summary.data["views_path"] = str(views)
         summary.data["views_reused"] = cached
-    if done("features"):
-        return _finish(summary, t0)
+    if until == "features":
+        return
     with summary.stage("train"):
-        trained = train_task(result.path, views, config, run_dir)
+        trained = local(train_task, data_path=result.path, views=views, config=config, run_dir=run_dir)
         summary.data["history"] = trained.pop("history")
         summary.data["training"] = trained
-    if done("train"):
-        return _finish(summary, t0)
+    if until == "train":
+        return
     with summary.stage("evaluate"):
-        ev = evaluate_task(result.path, views, config, trained["model_path"], run_dir)
+        ev = local(evaluate_task, data_path=result.path, views=views, config=config,
+                 model_path=trained["model_path"], run_dir=run_dir)
         summary.data["metrics"] = {"validation": ev["validation"], "test": ev["test"], "aux": ev["aux"]}
         summary.data["baselines"] = ev["baselines"]
         summary.data["per_user_metrics"] = ev["per_user_metrics"]
         log.info("test: %s", {k: round(v, 4) for k, v in ev["test"].items() if k in ("ndcg@10", "hr@10", "mrr@10")})
-    if done("evaluate"):
-        return _finish(summary, t0)
+    if until == "evaluate":
+        return
     with summary.stage("register"):
-        reg = register_task(config, wd, run_dir, summary.data, result.path, views)
+        reg = local(register_task, config=config, workdir=wd, run_dir=run_dir, summary=summary.data,
+                  data_path=result.path, views=views)
         summary.data["model"] = {k: reg[k] for k in ("name", "version", "tracking_uri")}
         summary.data["mlflow"] = {k: reg[k] for k in ("mlflow_run_id", "experiment_id", "model_uri")}
         log.info("registered %s version %d (alias challenger), MLflow run %s", reg["name"], reg["version"],
                  reg["mlflow_run_id"])
-    if done("register"):
-        return _finish(summary, t0)
+    if until == "register":
+        return
     from tasks.registry import open_registry
 
     registry = open_registry(config.tracking, wd)
@@ -286,20 +337,21 @@ def training_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".se
     # against a champion that is about to change
     with registry.lock(log.info):
         with summary.stage("compare"):
-            ab = compare_task(config, registry, result.path, run_dir, summary.data)
+            ab = local(compare_task, config=config, workdir=wd, data_path=result.path, run_dir=run_dir,
+                     summary=summary.data)
             summary.data["ab"] = {k: ab[k] for k in ("decision", "reasons", "baseline", "reference_version",
                                                      "primary_metric", "lift", "relative_lift", "ci_low", "ci_high",
                                                      "p_value", "test", "n_users", "guardrails", "latency")}
             log.info("A/B vs %s: lift %+.5f [%+.5f, %+.5f], p=%.3g -> %s %s", ab["baseline"], ab["lift"],
                      ab["ci_low"], ab["ci_high"], ab["p_value"], ab["decision"], "; ".join(ab["reasons"]))
-        if done("compare"):
-            return _finish(summary, t0)
+        if until == "compare":
+            return
         with summary.stage("promote"):
-            summary.data["promoted"] = promote_task(registry, reg["version"], ab, reg["mlflow_run_id"])
+            summary.data["promoted"] = local(promote_task, config=config, workdir=wd, version=reg["version"],
+                                           decision=ab, mlflow_run_id=reg["mlflow_run_id"])
             summary.data["champion"] = registry.champion()
     _artifact(ab_artifact, summary.data)
     _log_run_artifacts(registry.client, reg["mlflow_run_id"], run_dir, summary)
-    return _finish(summary, t0)
 
 
 def _log_run_artifacts(client, mlflow_run_id: str, run_dir: Path, summary: "RunSummary") -> None:
@@ -317,9 +369,18 @@ def _log_run_artifacts(client, mlflow_run_id: str, run_dir: Path, summary: "RunS
 
 
 def _api_url() -> str | None:
+    """The configured server (None when the run uses an ephemeral one)."""
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value() or None
+
+
+def _client_api_url() -> str:
+    """The API this process talks to, including an ephemeral server's address."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as c:
+        return str(c.api_url)
 
 
 def _artifact(make, *args) -> None:

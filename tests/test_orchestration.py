@@ -133,3 +133,19 @@ def test_infra_prefect_yaml_points_at_the_flows():
         assert f"def {func}(" in (REPO / path).read_text()
         assert d["schedules"][0]["cron"] and d["work_pool"]["name"]
     assert names["seqrec-training"]["concurrency_limit"] == 1
+
+
+def test_stage_tasks_run_on_dask_worker_processes(tmp_path, prefect_harness, cache_dir):
+    """The default task runner: stage tasks execute in the cluster's worker processes and report to
+    the flow's API (no ephemeral server per worker), with the preprocessing futures on the same cluster."""
+    from flows.config import validate_config
+    from flows.training import training_flow
+
+    cfg = validate_config({**SMALL, "dask": {"processes": True, "n_workers": 2, "task_runner": "dask"}})
+    out = training_flow(config=cfg, workdir=str(tmp_path / "wd"), until="features")
+    assert out["status"] == "completed" and out["task_runner"] == "dask"
+    states = asyncio.run(_task_states(out["prefect"]["flow_run_id"]))
+    # recorded in the flow's API: a worker with its own ephemeral server would report elsewhere
+    for name in ("validate_raw", "preprocess", "validate_processed", "item_view", "user_view", "sequence_view",
+                 "features"):
+        assert states[name] == "Completed", states
