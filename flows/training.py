@@ -294,8 +294,8 @@ def _pipeline(run: Runner, config: PipelineConfig, wd: Path, run_dir: Path, inpu
     # processed validation gates the version even with --until preprocess: a data version becomes
     # visible only after it passed, so "preprocess" includes it
     with summary.stage("validate_processed"):
-        processed = run(validate_processed_task, result=result, vcfg=config.validation, raw_results=raw,
-                        report_dir=run_dir)
+        processed = (local if result.reused else run)(validate_processed_task, result=result,
+                                                      vcfg=config.validation, raw_results=raw, report_dir=run_dir)
         _artifact(quality_artifact, [*raw, processed])
     if until in ("preprocess", "validate_processed"):
         return
