@@ -16,6 +16,7 @@ from models.data import Sequences, eval_inputs
 from models.metrics import evaluate_ranking
 from models.net import ModelConfig, SeqRecNet, param_count
 from models.train import Trainer, TrainConfig, evaluate_model, pick_device, seed_everything
+from seqrec.fsutil import stable_hash
 from tasks.bundle import load_net
 from tasks.preprocess import read_sequences
 
@@ -43,17 +44,32 @@ def build_net(data_path: Path, views: Path, mcfg: ModelConfig) -> SeqRecNet:
     return load_net(views, mcfg, meta["counts"]["items"] + 2, meta["counts"]["users"] + 1)
 
 
+def checkpoint_key(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int,
+                   exclude_seen: bool) -> str:
+    """Identifies a training job by content, so a re-run after a crash finds the job's checkpoint."""
+    return stable_hash({"data": str(data_path), "views": str(views), "model": mcfg.model_dump(),
+                        "train": tcfg.model_dump(exclude={"progress"}), "seed": seed, "exclude_seen": exclude_seen},
+                       n=16)
+
+
 def train(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int, run_dir: Path,
-          log=print, exclude_seen: bool = True) -> dict:
+          log=print, exclude_seen: bool = True, ckpt_dir: Path | None = None) -> dict:
+    """Fit (resuming from `ckpt_dir`/last.pt when a killed run left one), save model.pt in run_dir,
+    then drop the checkpoint: the job is done."""
+    import shutil
+
     seed_everything(seed)
     net = build_net(data_path, views, mcfg)
     seqs = load_sequences(data_path, views)
-    trainer = Trainer(net, seqs, tcfg, seed, Path(run_dir) / "checkpoints", log, exclude_seen)
-    trainer.try_resume()
+    ckpt_dir = Path(ckpt_dir or Path(run_dir) / "checkpoints")
+    trainer = Trainer(net, seqs, tcfg, seed, ckpt_dir, log, exclude_seen)
+    resumed = trainer.try_resume()
     fit = trainer.fit()
     model_path = Path(run_dir) / "model.pt"
     torch.save(net.state_dict(), model_path)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {**fit, "history": trainer.history, "model_path": str(model_path), "parameters": param_count(net),
+            "resumed": resumed,
             "device": str(trainer.device), "training_windows": int(len(trainer.windows["seq"]))}
 
 

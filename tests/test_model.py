@@ -75,12 +75,23 @@ def test_training_is_deterministic_and_resumes_to_the_same_result(data_path, tmp
     tr2, ev2 = _train_eval(data_path, views, tmp_path / "b")
     assert ev1["test"] == ev2["test"]
     assert [h["loss"] for h in tr1["history"]] == [h["loss"] for h in tr2["history"]]
-    # interrupted after 2 of 3 epochs, then resumed from the checkpoint: same history and metrics
+    # interrupted during epoch 3 (after the epoch-2 checkpoint), then resumed: same history and metrics
     run = tmp_path / "r"
     logs: list[str] = []
-    train(data_path, views, SMALL, FAST.model_copy(update={"max_seconds": 1e-9}), 0, run, log=logs.append)
+
+    class Killed(Exception):
+        pass
+
+    def die_in_epoch_3(msg: str) -> None:
+        logs.append(msg)
+        if msg.startswith("epoch 3/"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(data_path, views, SMALL, FAST.model_copy(update={"progress": True}), 0, run, log=die_in_epoch_3)
     assert (run / "checkpoints" / "last.pt").is_file()
     tr3 = train(data_path, views, SMALL, FAST, 0, run, log=logs.append)
+    assert not (run / "checkpoints").exists(), "a finished job keeps no checkpoint"
     assert any("resuming from checkpoint" in m for m in logs)
     ev3 = evaluate(data_path, views, SMALL, FAST, EvalConfig(), Path(tr3["model_path"]), run)
     assert [h["loss"] for h in tr3["history"]] == [h["loss"] for h in tr1["history"]]
