@@ -78,12 +78,15 @@ def ensure_experiment(client, cfg: TrackingConfig, workdir: Path) -> str:
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         return exp.experiment_id
-    loc = Path(cfg.artifact_location or Path(workdir).resolve() / "mlartifacts")
-    if "://" not in str(cfg.artifact_location or ""):
-        loc.mkdir(parents=True, exist_ok=True)
-        loc = loc.resolve().as_uri()
+    loc: str | None = cfg.artifact_location
+    if loc is None and sqlite_path(tracking_uri(cfg, workdir)) is None:
+        pass  # a tracking server decides where artifacts go (e.g. --artifacts-destination s3://...)
+    elif loc is None or "://" not in loc:
+        path = Path(loc or Path(workdir).resolve() / "mlartifacts")
+        path.mkdir(parents=True, exist_ok=True)
+        loc = path.resolve().as_uri()
     try:
-        return client.create_experiment(cfg.experiment, artifact_location=str(loc))
+        return client.create_experiment(cfg.experiment, artifact_location=loc)
     except Exception:  # created by a concurrent run in between
         exp = client.get_experiment_by_name(cfg.experiment)
         if exp is None:
