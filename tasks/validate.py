@@ -108,7 +108,7 @@ def validate_processed(pre: PreprocessResult, vcfg: ValidationConfig, raw_result
         meta = json.loads((staging / "meta.json").read_text())
         seq = read_sequences(staging)
         checks = sequence_checks(seq)
-        rules = sequence_rules(meta["counts"]["items"], len(meta["event_types"]) - 1)
+        rules = sequence_rules(meta["counts"]["items"], len(meta["event_types"]) - 1, vcfg.min_eval_users)
         t = time.perf_counter()
         res = TableResult("sequences", rules, validate_frame("sequences", checks, rules,
                                                              str(staging / "sequences.parquet")),

@@ -105,6 +105,31 @@ def case_column_map_to_missing(tmp):
     return run_cfg(_events(tmp), data__columns={"user_id": "customer"}), "customer", "missing"
 
 
+def case_items_without_id_column(tmp):
+    pd.DataFrame({"id": ["x", "y"]}).to_csv(tmp / "items.csv", index=False)
+    return run_cfg(_events(tmp), items=str(tmp / "items.csv")), "item_id", "missing"
+
+
+def case_corrupt_parquet(tmp):
+    (tmp / "events.parquet").write_bytes(b"PAR1 not really parquet")
+    return run_cfg(str(tmp / "events.parquet")), "events.parquet", "well-formed parquet"
+
+
+def case_empty_users_table(tmp):
+    (tmp / "users.csv").write_text("user_id,age\n")
+    return run_cfg(_events(tmp), users=str(tmp / "users.csv")), "users.csv", "must not be empty"
+
+
+def case_null_user_id_in_users_table(tmp):
+    pd.DataFrame({"user_id": ["a", None, "b"], "age": [1, 2, 3]}).to_csv(tmp / "users.csv", index=False)
+    return run_cfg(_events(tmp), users=str(tmp / "users.csv")), "user_id", "must not be null"
+
+
+def case_single_user(tmp):
+    df = small_events()
+    return run_cfg(_events(tmp, df[df["user_id"] == "a"])), "user_id", "at least 2 users need 3 or more events"
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
@@ -120,7 +145,7 @@ def test_broken_input_fails_cleanly(case, tmp_path, prefect_harness, cache_dir):
     import json
 
     summary = json.loads((wd / "runs" / "r1" / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["failed_stage"] in ("ingest", "validate_raw")
+    assert summary["status"] == "failed" and summary["failed_stage"] in ("ingest", "validate_raw", "validate_processed")
     err = summary["error"]
     assert "file:" in err and "rule:" in err, err
     assert column in err and rule in err, err

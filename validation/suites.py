@@ -186,9 +186,12 @@ def entity_rules(key: str, table: str, numeric: list[str], cfg: ValidationConfig
     return rules
 
 
-def sequence_rules(n_items: int, n_event_types: int) -> list[Rule]:
+def sequence_rules(n_items: int, n_event_types: int, min_eval_users: int = 2) -> list[Rule]:
     return [
         Rule("user_idx", "rows_at_least", "sequences must not be empty", min=1, row_level=False),
+        Rule("eval_users", "between", f"at least {min_eval_users} users need 3 or more events (leave-one-out takes "
+             f"a validation and a test event from each)", min=min_eval_users, row_level=False,
+             report_column="user_id"),
         Rule("user_idx", "unique", "one row per user", row_level=False),
         Rule("min_item", "between", f"item indices must be in [2, {n_items + 1}] (0=pad, 1=unknown)",
              min=2, max=n_items + 1, row_level=False),
@@ -212,8 +215,11 @@ def sequence_checks(seq: pd.DataFrame) -> pd.DataFrame:
         return bool(np.array_equal(s, want))
 
     items = seq["items"]
+    lengths = np.array([len(x) for x in items])
     return pd.DataFrame({
         "user_idx": seq["user_idx"].to_numpy(),
+        # a table-level count repeated per row, so the rule table can express it
+        "eval_users": np.full(len(seq), int((lengths >= 3).sum())),
         "min_item": [int(np.min(x)) if len(x) else -1 for x in items],
         "max_item": [int(np.max(x)) if len(x) else -1 for x in items],
         "max_event_type": [int(np.max(x)) if len(x) else -1 for x in seq["event_types"]],
