@@ -67,11 +67,21 @@ def client_for(cfg: TrackingConfig, workdir: Path):
 
     uri = tracking_uri(cfg, workdir)
     db = sqlite_path(uri)
-    if db:
-        db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not db:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # two runs creating a new SQLite store at once race in MLflow's schema migrations ("duplicate
+    # column name", "alembic_version: 0 rows"): creating the client and the first touch of both
+    # stores is serialised
+    with FileLock(str(db) + ".init.lock"):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    return client
 
 
 def ensure_experiment(client, cfg: TrackingConfig, workdir: Path) -> str:

@@ -74,3 +74,34 @@ def test_sigkill_during_training_resumes_to_the_same_metrics(tmp_path, cache_dir
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in r["history"]]
     assert a["metrics"]["test"] == r["metrics"]["test"] and a["metrics"]["validation"] == r["metrics"]["validation"]
     assert not list((wd / "checkpoints").glob("*/last.pt")), "the finished job left its checkpoint behind"
+
+
+def test_two_concurrent_runs_never_promote_on_a_stale_champion(tmp_path, cache_dir):
+    """Two `seqrec run`s start together on one work directory and registry (different seeds): both
+    finish, the registry lock orders compare + promote, and every promotion was decided against the
+    champion that it replaced."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**CFG, "train": {**CFG["train"], "epochs": 6, "progress": False},
+                                   "ab": {"baseline": "pop", "latency_users": 20}}))
+    env = _env(tmp_path, cache_dir)
+    wd = tmp_path / "wd"
+    procs = [subprocess.Popen([SEQREC, "run", "--config", str(cfg), "--workdir", str(wd), "--set", f"seed={seed}",
+                               "--summary-json", str(tmp_path / f"s{seed}.json")], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env) for seed in (0, 1)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    runs = [json.loads((tmp_path / f"s{seed}.json").read_text()) for seed in (0, 1)]
+    assert len({r["data_version"] for r in runs}) == 1  # one data version, written once
+    assert sorted(r["model"]["version"] for r in runs) == [1, 2]
+    from tasks.registry import open_registry
+    from tasks.tracking import TrackingConfig
+
+    reg = open_registry(TrackingConfig(), wd)
+    entries = reg.entries()
+    by_version = {r["model"]["version"]: r for r in runs}
+    for e in entries:
+        # the champion it replaced is exactly the reference its A/B was decided against
+        assert e["action"] == "promote" and e["previous"] == by_version[e["version"]]["ab"]["reference_version"]
+    assert sorted(e["version"] for e in entries) == sorted(r["model"]["version"] for r in runs if r["promoted"])
+    assert entries, "neither run beat the Pop baseline: the scenario did not exercise promotion"
+    assert reg.champion() == entries[-1]["version"]
