@@ -1,5 +1,6 @@
 """Faults injected for real: a `seqrec run` killed with SIGKILL mid-training is resumed by the next
-run, which ends with exactly the metrics of an uninterrupted run with the same seed (CPU)."""
+run, which ends with exactly the metrics of an uninterrupted run with the same seed (CPU); two runs at
+once on one work directory; a run killed inside compare/promote (slow: `make test-slow`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 SEQREC = str(Path(sys.executable).with_name("seqrec"))
@@ -105,3 +107,52 @@ def test_two_concurrent_runs_never_promote_on_a_stale_champion(tmp_path, cache_d
     assert sorted(e["version"] for e in entries) == sorted(r["model"]["version"] for r in runs if r["promoted"])
     assert entries, "neither run beat the Pop baseline: the scenario did not exercise promotion"
     assert reg.champion() == entries[-1]["version"]
+
+
+@pytest.mark.slow
+def test_sigkill_between_register_and_promote_leaves_no_orphan_state(tmp_path, cache_dir):
+    """Killed while it holds the registry lock (compare/promote), after registering its version: the
+    next run completes, the alias and the promotion log agree, and the champion's A/B passed."""
+    from filelock import FileLock, Timeout
+
+    cfg = tmp_path / "cfg.yaml"
+    # a long bootstrap keeps the compare stage open long enough to be hit
+    cfg.write_text(yaml.safe_dump({**CFG, "train": {**CFG["train"], "epochs": 4, "progress": False},
+                                   "ab": {"baseline": "pop", "latency_users": 20, "n_bootstrap": 400_000}}))
+    env = _env(tmp_path, cache_dir)
+    wd = tmp_path / "wd"
+    victim = subprocess.Popen([SEQREC, "run", "--config", str(cfg), "--workdir", str(wd)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    lock = FileLock(str(wd / "registry" / "registry.lock"))
+    deadline = time.monotonic() + 600
+    while True:
+        assert victim.poll() is None, "the run finished before it could be killed in compare/promote"
+        assert time.monotonic() < deadline
+        if (wd / "registry" / "registry.lock").exists():
+            try:
+                lock.acquire(timeout=0)
+                lock.release()
+            except Timeout:  # the run is inside compare + promote
+                break
+        time.sleep(0.02)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=60)
+
+    from tasks.registry import open_registry
+    from tasks.tracking import TrackingConfig
+
+    reg = open_registry(TrackingConfig(), wd)
+    assert [int(v.version) for v in reg.versions()] == [1] and reg.champion() is None  # registered, not promoted
+    again = subprocess.run([SEQREC, "run", "--config", str(cfg), "--workdir", str(wd), "--set", "seed=1",
+                            "--set", "ab.n_bootstrap=2000",
+                            "--summary-json", str(tmp_path / "again.json")], capture_output=True, text=True,
+                           timeout=900, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    reg = open_registry(TrackingConfig(), wd)
+    stack = reg.champion_stack()
+    assert reg.champion() == (stack[-1] if stack else None)
+    if reg.champion() is not None:
+        assert reg.version(reg.champion()).tags.get("ab.decision") == "pass"
+    # the killed run's version never became champion without a decision
+    v1 = reg.version(1).tags
+    assert reg.champion() != 1 or v1.get("ab.decision") == "pass"
