@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from seqrec.errors import ConfigError
+from seqrec.errors import ConfigError, SeqrecError
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_PACKAGES = ("seqrec", "models", "tasks")
@@ -34,6 +34,9 @@ class TrackingConfig(BaseModel):
     registry_dir: str | None = Field(None, description="promotion log + lock; default next to the SQLite store, "
                                                        "else <workdir>/registry")
     lock_timeout_s: float = Field(1800, gt=0, description="wait this long for another run's compare + promote")
+    http_retries: int = Field(3, ge=0, le=10, description="retries of a request to a tracking server")
+    http_backoff: int = Field(1, ge=0, description="exponential back-off factor between those retries (s)")
+    http_timeout_s: int = Field(30, ge=1, description="timeout of one request to a tracking server")
 
 
 def tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
@@ -67,6 +70,10 @@ def client_for(cfg: TrackingConfig, workdir: Path):
 
     uri = tracking_uri(cfg, workdir)
     db = sqlite_path(uri)
+    # bounded: MLflow's defaults (7 retries, factor 2) keep a run waiting for minutes on a dead server
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.http_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(cfg.http_backoff)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.http_timeout_s)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if not db:
@@ -207,13 +214,47 @@ def _log_batches(client, run_id: str, metrics=(), params=(), tags=()) -> None:
 
 def log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config: dict[str, Any],
                      params: dict[str, Any], summary: dict, bundle: Path, flow_run_id: str | None) -> dict:
-    """`config` is the nested pipeline config, `params` its flattened form. Create the MLflow run, log everything known after evaluation, log + register the pyfunc and
-    give the new version alias `challenger`. Returns name, version, run id and URIs."""
+    """Create the MLflow run, log everything known after evaluation, log + register the pyfunc and
+    give the new version alias `challenger`. `config` is the nested pipeline config, `params` its
+    flattened form. Returns name, version, run id and URIs. A tracking server that stays unreachable
+    through the bounded retries is a clear TrackingUnavailable error; nothing is registered then."""
+    try:
+        return _log_and_register(cfg, workdir, run_dir, config, params, summary, bundle, flow_run_id)
+    except Exception as e:
+        uri = tracking_uri(cfg, workdir)
+        if sqlite_path(uri) is None and _unreachable(e):
+            raise TrackingUnavailable(
+                f"MLflow tracking server {uri} unreachable after {cfg.http_retries} retries "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); nothing was registered") from e
+        raise
+
+
+class TrackingUnavailable(SeqrecError):
+    """The tracking server did not answer within the configured retries."""
+
+
+def _unreachable(e: BaseException) -> bool:
+    import requests
+
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (requests.ConnectionError, requests.Timeout, ConnectionError)):
+            return True
+        text = str(e)
+        if "Max retries exceeded" in text or "Connection refused" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config: dict[str, Any],
+                      params: dict[str, Any], summary: dict, bundle: Path, flow_run_id: str | None) -> dict:
     import math
 
     import mlflow
     import yaml
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     t0 = time.perf_counter()
     client = client_for(cfg, workdir)

@@ -156,3 +156,65 @@ def test_sigkill_between_register_and_promote_leaves_no_orphan_state(tmp_path, c
     # the killed run's version never became champion without a decision
     v1 = reg.version(1).tags
     assert reg.champion() != 1 or v1.get("ab.decision") == "pass"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mlflow_server(tmp: Path, port: int) -> subprocess.Popen:
+    import urllib.request
+
+    p = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port",
+                          str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}"],
+                         cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return p
+        except OSError:
+            assert p.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_tracking_server_down_mid_flow_fails_clearly_and_registers_nothing(tmp_path, cache_dir):
+    port = _free_port()
+    server = _mlflow_server(tmp_path, port)
+    uri = f"http://127.0.0.1:{port}"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**CFG, "tracking": {"tracking_uri": uri, "http_retries": 1, "http_backoff": 1}}))
+    env = _env(tmp_path, cache_dir)
+    wd = tmp_path / "wd"
+    run = subprocess.Popen([SEQREC, "run", "--config", str(cfg), "--workdir", str(wd), "--summary-json",
+                            str(tmp_path / "s.json")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while _checkpoint_epoch(wd) < 1:  # training has started: the server goes away now
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=60)
+    out = run.communicate(timeout=900)[0]
+    assert run.returncode == 1, out[-3000:]
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["status"] == "failed" and s["failed_stage"] == "register"
+    assert f"MLflow tracking server {uri} unreachable after 1 retries" in s["error"]
+    assert "nothing was registered" in s["error"] and "model" not in s
+    server = _mlflow_server(tmp_path, port)  # back up: the registry must hold nothing
+    try:
+        from mlflow import MlflowClient
+
+        c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        assert c.search_registered_models() == []
+        assert not (wd / "registry" / "promotions.jsonl").exists()
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=60)
