@@ -155,6 +155,12 @@ def _registry(config: Optional[Path], set_: Optional[list[str]], workdir: Path):
     return open_registry(cfg.tracking, workdir), cfg.tracking, workdir
 
 
+def redact(uri: str) -> str:
+    from tasks.tracking import redact as _redact
+
+    return _redact(uri)
+
+
 def _model_uri(name: str, alias: Optional[str], version: Optional[int]) -> str:
     return f"models:/{name}/{version}" if version is not None else f"models:/{name}@{alias}"
 
@@ -167,7 +173,7 @@ def _load_pyfunc(reg, alias: Optional[str], version: Optional[int]):
     try:
         return mlflow.pyfunc.load_model(uri), uri
     except MlflowException as e:
-        _fail(f"cannot load {uri} from {reg.client.tracking_uri}: {e.message.splitlines()[0]}")
+        _fail(f"cannot load {uri} from {redact(reg.client.tracking_uri)}: {e.message.splitlines()[0]}")
 
 
 @app.command()
@@ -194,14 +200,15 @@ def models(
                      "p_value": float(t["ab.p_value"]) if "ab.p_value" in t else None,
                      "forced": t.get("promotion.forced") == "true"})
     if as_json:
-        typer.echo(json.dumps({"name": reg.name, "tracking_uri": reg.client.tracking_uri, "versions": rows}, indent=2))
+        typer.echo(json.dumps({"name": reg.name, "tracking_uri": redact(reg.client.tracking_uri), "versions": rows},
+                              indent=2))
         return
     from rich.table import Table
 
     if not rows:
-        typer.echo(f"no versions of '{reg.name}' in {reg.client.tracking_uri}")
+        typer.echo(f"no versions of '{reg.name}' in {redact(reg.client.tracking_uri)}")
         return
-    t = Table(title=f"{reg.name} @ {reg.client.tracking_uri}")
+    t = Table(title=f"{reg.name} @ {redact(reg.client.tracking_uri)}")
     for col in ("version", "aliases", "created", "data version", "test ndcg@10", "A/B vs", "decision", "lift [95% CI]",
                 "p"):
         t.add_column(col, justify="right" if col in ("version", "test ndcg@10", "p") else "left")

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seqrec.errors import ConfigError, SeqrecError
 
@@ -27,7 +29,8 @@ CODE_PACKAGES = ("seqrec", "models", "tasks")
 
 class TrackingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db")
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db; "
+                                                       "no password here (config ends up in MLflow params)")
     artifact_location: str | None = Field(None, description="artifact root of a new experiment (default <workdir>/mlartifacts)")
     experiment: str = "seqrec"
     model_name: str = Field("seqrec", min_length=1)
@@ -37,6 +40,24 @@ class TrackingConfig(BaseModel):
     http_retries: int = Field(3, ge=0, le=10, description="retries of a request to a tracking server")
     http_backoff: int = Field(1, ge=0, description="exponential back-off factor between those retries (s)")
     http_timeout_s: int = Field(30, ge=1, description="timeout of one request to a tracking server")
+
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password(cls, v: str | None) -> str | None:
+        if v and urlsplit(v).password:
+            raise ValueError("must not contain a password: config values are logged as MLflow params; put "
+                             "credentials in the environment (MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD)")
+        return v
+
+
+def redact(uri: str) -> str:
+    """A URI safe to print, log or record: the password (if any) replaced by ***."""
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
@@ -224,7 +245,7 @@ def log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config: 
         uri = tracking_uri(cfg, workdir)
         if sqlite_path(uri) is None and _unreachable(e):
             raise TrackingUnavailable(
-                f"MLflow tracking server {uri} unreachable after {cfg.http_retries} retries "
+                f"MLflow tracking server {redact(uri)} unreachable after {cfg.http_retries} retries "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); nothing was registered") from e
         raise
 
@@ -304,7 +325,7 @@ def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config:
         client.set_terminated(rid, "FAILED")
         raise
     client.set_terminated(rid, "FINISHED")
-    return {"name": cfg.model_name, "version": int(mv.version), "tracking_uri": tracking_uri(cfg, workdir),
+    return {"name": cfg.model_name, "version": int(mv.version), "tracking_uri": redact(tracking_uri(cfg, workdir)),
             "mlflow_run_id": rid, "experiment_id": exp_id, "model_uri": f"models:/{cfg.model_name}/{mv.version}",
             "seconds": round(time.perf_counter() - t0, 3)}
 
