@@ -95,8 +95,16 @@ def client_for(cfg: TrackingConfig, workdir: Path):
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.http_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(cfg.http_backoff)
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.http_timeout_s)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow also exports the URI as environment variables; tracking_uri() reads that variable, so a
+    # later run in this process with another work directory would silently inherit this store
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     if not db:
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
     from filelock import FileLock

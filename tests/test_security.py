@@ -71,3 +71,15 @@ def test_a_checkpoint_with_a_pickled_object_is_refused(tmp_path):
     trainer.ckpt_dir, trainer.device, trainer.log = ckpt, torch.device("cpu"), print
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         trainer.try_resume()
+
+
+def test_one_runs_store_does_not_leak_into_the_next_run_in_the_same_process(tmp_path):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; seqrec must not then resolve another
+    work directory's default store to the first one (found when the suite ran in CI order)."""
+    from tasks.tracking import TrackingConfig, client_for, tracking_uri
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    client_for(TrackingConfig(), tmp_path / "a")
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before
+    if before is None:
+        assert tracking_uri(TrackingConfig(), tmp_path / "b") == f"sqlite:///{(tmp_path / 'b').resolve() / 'mlflow.db'}"
