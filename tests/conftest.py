@@ -55,10 +55,26 @@ def run_cfg(events: str, users: str | None = None, items: str | None = None, **e
 
     tree = {"data": {"source": "files", "events": events, "users": users, "items": items},
             "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2}}
-    for k, v in extra.items():
+    return validate_config(with_changes(tree, **extra))
+
+
+def with_changes(tree: dict, **changes) -> dict:
+    """A deep copy of a config tree with `section__key=value` changes applied."""
+    import copy
+
+    tree = copy.deepcopy(tree)
+    for key, value in changes.items():
         node = tree
-        parts = k.split("__")
+        parts = key.split("__")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return validate_config(tree)
+        node[parts[-1]] = value
+    return tree
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

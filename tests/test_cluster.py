@@ -4,7 +4,6 @@ processes on 127.0.0.1, started here, give the same data version and sequences a
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,22 +11,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cfg
+from tests.conftest import free_port, run_cfg
 
 DASK = str(Path(sys.executable).with_name("dask"))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
 def scheduler(tmp_path):
     from prefect.settings import PREFECT_API_URL
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if PREFECT_API_URL.value():  # workers report stage tasks to the same API as the flow
         env["PREFECT_API_URL"] = PREFECT_API_URL.value()

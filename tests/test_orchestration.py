@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 SEQREC = str(Path(sys.executable).with_name("seqrec"))
 SMALL = {"data": {"source": "synthetic", "synthetic": {"users": 300, "items": 80, "events": 12_000, "seed": 7}},
@@ -56,16 +55,11 @@ def test_unchanged_rerun_hits_the_cache_and_refresh_recomputes(tmp_path, prefect
     assert Path(again["data_path"]).is_dir() and again["data_version"] == runs[0]["data_version"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture()
 def servers(tmp_path, cache_dir):
     wd = tmp_path / "wd"
-    sets = ["--set", f"server.prefect_port={_free_port()}", "--set", f"server.mlflow_port={_free_port()}"]
+    sets = ["--set", f"server.prefect_port={free_port()}", "--set", f"server.mlflow_port={free_port()}"]
     env = {**os.environ, "SEQREC_CACHE_DIR": str(cache_dir)}
     env.pop("PREFECT_API_URL", None)
     started = subprocess.run([SEQREC, "server", "start", "--workdir", str(wd), *sets], capture_output=True, text=True,

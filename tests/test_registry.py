@@ -5,7 +5,6 @@ loads in a fresh process without the work directory."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests.conftest import with_changes
 
 SYNTH = {"users": 600, "items": 100, "events": 24_000, "seed": 7}
 BASE = {"data": {"source": "synthetic", "synthetic": SYNTH},
@@ -28,14 +29,7 @@ SEQREC = str(Path(sys.executable).with_name("seqrec"))
 def _cfg(**changes):
     from flows.config import validate_config
 
-    tree = copy.deepcopy(BASE)
-    for key, value in changes.items():
-        node = tree
-        parts = key.split("__")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return validate_config(tree)
+    return validate_config(with_changes(BASE, **changes))
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Faults injected for real: a `seqrec run` killed with SIGKILL mid-training is resumed by the next
-run, which ends with exactly the metrics of an uninterrupted run with the same seed (CPU); two runs at
-once on one work directory; a run killed inside compare/promote (slow: `make test-slow`)."""
+run, which ends with exactly the metrics of an uninterrupted run with the same seed (CPU); two runs
+at once on one work directory; and, marked slow (`make test-all`), a run killed inside
+compare/promote and a tracking server killed mid-run."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import free_port
 
 SEQREC = str(Path(sys.executable).with_name("seqrec"))
 CFG = {"data": {"source": "synthetic", "synthetic": {"users": 600, "items": 100, "events": 24_000, "seed": 7}},
@@ -158,13 +161,6 @@ def test_sigkill_between_register_and_promote_leaves_no_orphan_state(tmp_path, c
     assert reg.champion() != 1 or v1.get("ab.decision") == "pass"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _mlflow_server(tmp: Path, port: int) -> subprocess.Popen:
     import urllib.request
@@ -184,7 +180,7 @@ def _mlflow_server(tmp: Path, port: int) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_tracking_server_down_mid_flow_fails_clearly_and_registers_nothing(tmp_path, cache_dir):
-    port = _free_port()
+    port = free_port()
     server = _mlflow_server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
     cfg = tmp_path / "cfg.yaml"
