@@ -130,25 +130,16 @@ class Runner:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(data_path: str, views: Path, config: PipelineConfig, run_dir: Path) -> dict:
-    from filelock import FileLock, Timeout
-
+    from seqrec.fsutil import waiting_lock
     from tasks.train import checkpoint_key, train
 
     log = get_run_logger()
     key = checkpoint_key(Path(data_path), views, config.model, config.train, config.seed, config.eval.exclude_seen)
     ckpt = run_dir.parent.parent / "checkpoints" / key
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(ckpt) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("another run is training the same job (%s); waiting for it", ckpt)
-        lock.acquire()
-    try:
+    with waiting_lock(Path(str(ckpt) + ".lock"), log.info, f"another run is training the same job ({ckpt}); waiting"):
         return train(Path(data_path), views, config.model, config.train, config.seed, run_dir,
                      log=log.info, exclude_seen=config.eval.exclude_seen, ckpt_dir=ckpt)
-    finally:
-        lock.release()
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

@@ -26,7 +26,7 @@ class Sequences:
         return [s[:n] for s, n in zip(self.items, self.n_train)]
 
 
-def _left_pad(rows: list[np.ndarray], L: int, dtype=np.int64) -> np.ndarray:
+def left_pad(rows: list[np.ndarray], L: int, dtype=np.int64) -> np.ndarray:
     out = np.zeros((len(rows), L), dtype)
     for i, r in enumerate(rows):
         r = r[-L:]
@@ -64,7 +64,7 @@ def training_windows(seqs: Sequences, L: int, stride: int | None = None) -> dict
                 break
             covered_from = end - stride
             end = end - stride
-    out = {k: torch.as_tensor(_left_pad(v, L)) for k, v in cols.items() if k != "user"}
+    out = {k: torch.as_tensor(left_pad(v, L)) for k, v in cols.items() if k != "user"}
     out["user"] = torch.as_tensor(np.asarray(cols["user"], np.int64))
     return out
 
@@ -77,9 +77,9 @@ def eval_inputs(seqs: Sequences, L: int, split: str) -> dict:
     return {
         "rows": keep,
         "user": torch.as_tensor(seqs.user[keep].astype(np.int64)),
-        "seq": torch.as_tensor(_left_pad(hist, L)),
-        "etype": torch.as_tensor(_left_pad([seqs.etypes[i][: seqs.n_train[i] + off] for i in keep], L)),
-        "gap": torch.as_tensor(_left_pad([seqs.gaps[i][: seqs.n_train[i] + off] for i in keep], L)),
+        "seq": torch.as_tensor(left_pad(hist, L)),
+        "etype": torch.as_tensor(left_pad([seqs.etypes[i][: seqs.n_train[i] + off] for i in keep], L)),
+        "gap": torch.as_tensor(left_pad([seqs.gaps[i][: seqs.n_train[i] + off] for i in keep], L)),
         "target": np.array([seqs.items[i][seqs.n_train[i] + off] for i in keep], np.int64),
         "engage": np.array([seqs.engage[i][seqs.n_train[i] + off] for i in keep], np.int64),
         "seen": [np.unique(h) for h in hist],

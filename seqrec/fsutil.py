@@ -68,3 +68,21 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.blake2b(blob, digest_size=16).hexdigest()[:n]
 
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path, log, waiting: str, timeout_s: float = -1):
+    """Hold an inter-process file lock; if another process holds it, log `waiting` and wait
+    (forever with timeout_s < 0). Raises filelock.Timeout when the wait runs out."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(waiting)
+        lock.acquire(timeout=timeout_s)
+    try:
+        yield
+    finally:
+        lock.release()

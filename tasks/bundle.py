@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.data import left_pad
 from models.net import ItemTables, ModelConfig, SeqRecNet, UserTables
 from seqrec.encoding import ITEM_FIRST, ITEM_UNKNOWN, USER_UNKNOWN, gap_buckets_of
 from seqrec.errors import SeqrecError
@@ -181,13 +182,7 @@ class Scorer:
     # ------------------------------------------------------------------ scoring
 
     def _pad(self, rows: list[np.ndarray]) -> torch.Tensor:
-        L = self.cfg.max_len
-        out = np.zeros((len(rows), L), np.int64)
-        for i, r in enumerate(rows):
-            r = r[-L:]
-            if len(r):
-                out[i, L - len(r):] = r
-        return torch.as_tensor(out, device=self.device)
+        return torch.as_tensor(left_pad(rows, self.cfg.max_len), device=self.device)
 
     @torch.no_grad()
     def scores(self, enc: Encoded) -> torch.Tensor:

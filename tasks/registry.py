@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from seqrec.errors import SeqrecError
+from seqrec.fsutil import waiting_lock
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PROMOTING_ACTIONS = ("promote", "force")
@@ -42,23 +43,17 @@ class Registry:
 
     @contextlib.contextmanager
     def lock(self, log=print) -> Iterator[None]:
-        from filelock import FileLock, Timeout
+        from filelock import Timeout
 
         self.root.mkdir(parents=True, exist_ok=True)
-        lk = FileLock(str(self.root / "registry.lock"))
+        path = self.root / "registry.lock"
         try:
-            lk.acquire(timeout=0)
+            with waiting_lock(path, log, f"waiting for the registry lock {path} (another run is comparing/promoting)",
+                              self.lock_timeout_s):
+                yield
         except Timeout:
-            log(f"waiting for the registry lock {self.root / 'registry.lock'} (another run is comparing/promoting)")
-            try:
-                lk.acquire(timeout=self.lock_timeout_s)
-            except Timeout:
-                raise RegistryError(f"registry lock {self.root / 'registry.lock'} still held after "
-                                    f"{self.lock_timeout_s:.0f}s; nothing was promoted") from None
-        try:
-            yield
-        finally:
-            lk.release()
+            raise RegistryError(f"registry lock {path} still held after {self.lock_timeout_s:.0f}s; "
+                                f"nothing was promoted") from None
 
     # ------------------------------------------------------------------ reads
 

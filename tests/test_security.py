@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,27 +24,35 @@ def test_password_in_config_uri_is_refused_and_redacted_elsewhere():
     assert redact("http://mlflow:5000") == "http://mlflow:5000"
 
 
-def test_environment_secrets_never_reach_the_work_directory_or_logs(tmp_path, prefect_harness, cache_dir, capfd,
-                                                                     monkeypatch):
-    from flows.config import validate_config
-    from flows.training import training_flow
+def test_environment_secrets_never_reach_the_work_directory_or_logs(tmp_path, cache_dir):
+    """A whole `seqrec run` (its own process: the logs are its output) with secrets in the environment."""
+    import json
+    import subprocess
+    import sys
 
-    for k, v in SECRETS.items():
-        monkeypatch.setenv(k, v)
-    cfg = validate_config({"data": {"source": "synthetic", "synthetic": {"users": 300, "items": 80, "events": 12_000,
-                                                                          "seed": 7}},
-                           "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2},
-                           "model": {"dim": 32, "max_len": 20},
-                           "train": {"batch_size": 64, "threads": 1, "epochs": 2},
-                           "ab": {"baseline": "pop", "latency_users": 10}})
+    import yaml
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"source": "synthetic", "synthetic": {"users": 300, "items": 80,
+                                                                                 "events": 12_000, "seed": 7}},
+                                   "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2},
+                                   "model": {"dim": 32, "max_len": 20},
+                                   "train": {"batch_size": 64, "threads": 1, "epochs": 2},
+                                   "ab": {"baseline": "pop", "latency_users": 10}}))
+    env = {**os.environ, **SECRETS, "SEQREC_CACHE_DIR": str(cache_dir), "PREFECT_HOME": str(tmp_path / "ph")}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
     wd = tmp_path / "wd"
-    out = training_flow(config=cfg, workdir=str(wd))
+    res = subprocess.run([str(Path(sys.executable).with_name("seqrec")), "run", "--config", str(cfg), "--workdir",
+                          str(wd), "--summary-json", str(tmp_path / "s.json")], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((tmp_path / "s.json").read_text())
     assert out["status"] == "completed" and out["model"]["version"] == 1
-    logs = capfd.readouterr()
     files = [p for p in wd.rglob("*") if p.is_file()]
     assert any(p.name == "mlflow.db" for p in files) and any(p.suffix == ".parquet" for p in files)
     for value in SECRETS.values():
-        assert value not in logs.out and value not in logs.err
+        assert value not in res.stdout and value not in res.stderr
         for p in files:
             assert value.encode() not in p.read_bytes(), f"{value} leaked into {p}"
 
