@@ -6,6 +6,7 @@ then Prefect parameters. Unknown keys are errors, not silently ignored.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from seqrec.errors import ConfigError
+from seqrec.paths import PathsConfig
 from seqrec.servers import ServerConfig
 from models.net import ModelConfig
 from models.train import TrainConfig
@@ -40,6 +42,7 @@ class PipelineConfig(BaseModel):
     tracking: TrackingConfig = TrackingConfig()
     ab: ABConfig = ABConfig()
     server: ServerConfig = ServerConfig()
+    paths: PathsConfig = PathsConfig()
 
     @model_validator(mode="after")
     def _ab_baseline_is_evaluated(self) -> "PipelineConfig":
@@ -88,10 +91,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate_config(tree: dict[str, Any], source: str = "config") -> PipelineConfig:
     try:
-        return PipelineConfig.model_validate(tree)
+        cfg = PipelineConfig.model_validate(tree)
     except ValidationError as e:
         lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
         raise ConfigError(f"invalid configuration ({source}): " + "; ".join(lines)) from None
+    # pydantic accepts nan/inf for floats; no setting of this pipeline means anything with them
+    bad = [k for k, v in flatten(cfg).items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ConfigError(f"invalid configuration ({source}): {', '.join(bad)}: must be a finite number (got nan/inf)")
+    return cfg
 
 
 def flatten(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:

@@ -60,7 +60,8 @@ def preprocess_task(inputs, pcfg, vcfg, workdir: Path, qrules):
 
 @task(name="validate_processed", cache_policy=NO_CACHE)
 def validate_processed_task(result, vcfg, raw_results, report_dir: Path):
-    return validate.validate_processed(result, vcfg, raw_results, report_dir)
+    with stage_client() as client:
+        return validate.validate_processed(result, vcfg, raw_results, report_dir, client)
 
 
 @task(name="item_view", cache_policy=NO_CACHE)
@@ -97,19 +98,28 @@ def features_task(data_path: str, vcfg, views: tuple | None) -> str:
     return str(write_views_dir(Path(data_path), vcfg, *views))
 
 
-def build_features(run: "Runner", data_path: str, vcfg, cache_dir: Path, storage, refresh: bool) -> tuple[Path, bool]:
+def build_features(run: "Runner", data_path: str, vcfg, cache_dir: Path, storage, refresh: bool,
+                   log=print) -> tuple[Path, bool]:
     """The three view stages concurrently, then the combined write; a Prefect cache hit (keyed by the
     views' content hash) skips all of it when the views directory exists."""
+    from seqrec.fsutil import sweep, waiting_lock
     from tasks.features import views_path
 
-    exists = views_path(Path(data_path), vcfg).is_dir()
-    combine = features_task.with_options(result_storage=storage, refresh_cache=refresh or not exists)
-    if exists and not refresh:  # an expected cache hit: looked up in the flow process
-        return Path(Runner(None)(combine, data_path=data_path, vcfg=vcfg, views=None)), True
-    futures = [run.submit(item_view_task, data_path=data_path, vcfg=vcfg, cache_dir=cache_dir),
-               run.submit(user_view_task, data_path=data_path, vcfg=vcfg),
-               run.submit(sequence_view_task, data_path=data_path, vcfg=vcfg)]
-    return Path(run(combine, data_path=data_path, vcfg=vcfg, views=tuple(f.result() for f in futures))), False
+    out = views_path(Path(data_path), vcfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one writer per views directory; a writer killed mid-write left only its hidden temp directory
+    with waiting_lock(out.parent / f".{out.name}.lock", log, f"another run is writing views {out}; waiting"):
+        exists = out.is_dir()
+        if not exists:
+            for name in sweep(out.parent, f".{out.name}.tmp-*"):
+                log(f"removed {name}: left by a run that died while writing views")
+        combine = features_task.with_options(result_storage=storage, refresh_cache=refresh or not exists)
+        if exists and not refresh:  # an expected cache hit: looked up in the flow process
+            return Path(Runner(None)(combine, data_path=data_path, vcfg=vcfg, views=None)), True
+        futures = [run.submit(item_view_task, data_path=data_path, vcfg=vcfg, cache_dir=cache_dir),
+                   run.submit(user_view_task, data_path=data_path, vcfg=vcfg),
+                   run.submit(sequence_view_task, data_path=data_path, vcfg=vcfg)]
+        return Path(run(combine, data_path=data_path, vcfg=vcfg, views=tuple(f.result() for f in futures))), False
 
 
 class Runner:
@@ -228,8 +238,12 @@ def training_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".se
     from prefect.filesystems import LocalFileSystem
     from prefect.runtime import flow_run
 
+    from seqrec.paths import check_paths
+
     log = get_run_logger()
     wd = Path(workdir).resolve()
+    # before anything is written: a deployment's parameters skip the CLI's check
+    config = check_paths(config, wd)
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + str(flow_run.get_id() or "")[:6]
     run_dir = wd / "runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -282,31 +296,18 @@ def _pipeline(run: Runner, config: PipelineConfig, wd: Path, run_dir: Path, inpu
                                    "tables": {r.table: {"rows": r.rows, "success": r.success} for r in raw}}
     if until == "validate_raw":
         return
-    with summary.stage("preprocess"):
-        qrules = next(r for r in raw if r.table == "events").quarantine_rules or None
-        version_dir = wd / "data" / pre.data_version(inputs, config.preprocess, config.validation)
-        exists = version_dir.is_dir()
-        # an expected cache hit is looked up in the flow process: shipping it to a worker costs imports
-        result = (local if exists and not refresh else run)(
-            preprocess_task.with_options(result_storage=storage, refresh_cache=refresh or not exists),
-            inputs=inputs, pcfg=config.preprocess, vcfg=config.validation, workdir=wd, qrules=qrules)
-        if exists and not refresh:  # a cache hit, or the content-addressed version found on disk
-            result = result.model_copy(update={"reused": True, "staging_path": None})
-        summary.data.update(data_version=result.data_version, data_path=result.path, data_reused=result.reused,
-                            drops=result.drops, dataset={k: result.counts[k] for k in ("users", "items", "events")})
-        log.info("preprocess: data version %s (%s), %s, dropped %s", result.data_version,
-                 "reused" if result.reused else "new", summary.data["dataset"], result.drops)
-    # processed validation gates the version even with --until preprocess: a data version becomes
-    # visible only after it passed, so "preprocess" includes it
-    with summary.stage("validate_processed"):
-        processed = (local if result.reused else run)(validate_processed_task, result=result,
-                                                      vcfg=config.validation, raw_results=raw, report_dir=run_dir)
-        _artifact(quality_artifact, [*raw, processed])
+    qrules = next(r for r in raw if r.table == "events").quarantine_rules or None
+    version = pre.data_version(inputs, config.preprocess, config.validation)
+    # one writer per data version: a second run waits, then finds it; a writer killed earlier left only
+    # an invisible staging directory, removed here (no live writer can own it while we hold the lock)
+    with data_version_lock(wd / "data", version, log.info):
+        result = _preprocess_and_validate(run, local, config, wd, run_dir, inputs, raw, qrules, version, summary,
+                                          storage, refresh, log)
     if until in ("preprocess", "validate_processed"):
         return
     with summary.stage("features"):
         views, cached = build_features(run, result.path, config.views, sources.cache_root(config.data), storage,
-                                       refresh)
+                                       refresh, log.info)
         summary.data["views_path"] = str(views)
         summary.data["views_reused"] = cached
     if until == "features":
@@ -357,6 +358,43 @@ def _pipeline(run: Runner, config: PipelineConfig, wd: Path, run_dir: Path, inpu
             summary.data["champion"] = registry.champion()
     _artifact(ab_artifact, summary.data)
     _log_run_artifacts(registry.client, reg["mlflow_run_id"], run_dir, summary)
+
+
+@contextlib.contextmanager
+def data_version_lock(data_dir: Path, version: str, log):
+    from seqrec.fsutil import sweep, waiting_lock
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with waiting_lock(data_dir / f".{version}.lock", log, f"another run is writing data version {version}; waiting"):
+        if not (data_dir / version).is_dir():
+            for name in sweep(data_dir, f".staging-{version}-*"):
+                log(f"removed {name}: left by a run that died while preprocessing")
+        yield
+
+
+def _preprocess_and_validate(run: "Runner", local: "Runner", config: PipelineConfig, wd: Path, run_dir: Path,
+                             inputs, raw, qrules, version: str, summary: "RunSummary", storage, refresh: bool,
+                             log):
+    """The preprocess stage and the processed-data gate that makes its version visible."""
+    with summary.stage("preprocess"):
+        exists = (wd / "data" / version).is_dir()
+        # an expected cache hit is looked up in the flow process: shipping it to a worker costs imports
+        result = (local if exists and not refresh else run)(
+            preprocess_task.with_options(result_storage=storage, refresh_cache=refresh or not exists),
+            inputs=inputs, pcfg=config.preprocess, vcfg=config.validation, workdir=wd, qrules=qrules)
+        if exists and not refresh:  # a cache hit, or the content-addressed version found on disk
+            result = result.model_copy(update={"reused": True, "staging_path": None})
+        summary.data.update(data_version=result.data_version, data_path=result.path, data_reused=result.reused,
+                            drops=result.drops, dataset={k: result.counts[k] for k in ("users", "items", "events")})
+        log.info("preprocess: data version %s (%s), %s, dropped %s", result.data_version,
+                 "reused" if result.reused else "new", summary.data["dataset"], result.drops)
+    # processed validation gates the version even with --until preprocess: a data version becomes
+    # visible only after it passed, so "preprocess" includes it
+    with summary.stage("validate_processed"):
+        processed = (local if result.reused else run)(validate_processed_task, result=result,
+                                                      vcfg=config.validation, raw_results=raw, report_dir=run_dir)
+        _artifact(quality_artifact, [*raw, processed])
+    return result
 
 
 def _log_run_artifacts(client, mlflow_run_id: str, run_dir: Path, summary: "RunSummary") -> None:

@@ -61,8 +61,10 @@ def run(
     from flows.config import load_config
     from seqrec.errors import SeqrecError
 
+    from seqrec.paths import check_paths
+
     try:
-        cfg = load_config(config, set_ or [])
+        cfg = check_paths(load_config(config, set_ or []), workdir)
     except SeqrecError as e:
         _write_summary(summary_json, {"status": "failed", "failed_stage": "config", "error": str(e)})
         _fail(str(e))
@@ -145,8 +147,10 @@ def _registry(config: Optional[Path], set_: Optional[list[str]], workdir: Path):
     from flows.config import load_config
     from seqrec.errors import SeqrecError
 
+    from seqrec.paths import check_paths
+
     try:
-        cfg = load_config(config, set_ or [])
+        cfg = check_paths(load_config(config, set_ or []), workdir)
     except SeqrecError as e:
         _fail(str(e))
     from tasks.registry import open_registry

@@ -58,6 +58,22 @@ def write_json_atomic(path: Path, obj: Any, sort_keys: bool = False) -> None:
         raise
 
 
+def write_npy_atomic(path: Path, array) -> None:
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def file_digest(path: Path, algo: str = "blake2b") -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, algo).hexdigest()
@@ -86,3 +102,15 @@ def waiting_lock(path: Path, log, waiting: str, timeout_s: float = -1):
         yield
     finally:
         lock.release()
+
+
+def sweep(parent: Path, pattern: str) -> list[str]:
+    """Remove leftovers of writers that died (staging/temp directories matching `pattern`).
+
+    Call only while holding the lock that every writer of those names holds: then nothing that
+    matches can belong to a live writer."""
+    removed = []
+    for p in Path(parent).glob(pattern):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from seqrec.fsutil import atomic_dir, stable_hash
+from seqrec.fsutil import atomic_dir, stable_hash, write_json_atomic, write_npy_atomic
 from tasks.preprocess import read_sequences
 
 VIEWS_CODE_VERSION = 1
@@ -147,9 +147,10 @@ def encode_text(texts: list[str], vcfg: ViewsConfig, cache_dir: Path) -> tuple[n
         emb = TruncatedSVD(dim, random_state=0).fit_transform(tfidf)
         meta = {"encoder": "tfidf+svd", "dim": int(dim), "vocabulary": int(tfidf.shape[1])}
     emb = (emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-8)).astype(np.float32)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, emb)
-    meta_path.write_text(json.dumps(meta))
+    # the cache is shared by work directories and runs: a run killed mid-write must not leave a torn
+    # file behind (the meta, written last, marks the pair complete)
+    write_npy_atomic(cache, emb)
+    write_json_atomic(meta_path, meta)
     return emb, meta
 
 

@@ -15,12 +15,12 @@ import pandas as pd
 
 from seqrec.errors import DataContractError
 from seqrec.fsutil import commit_dir
-from tasks.preprocess import PreprocessResult, read_sequences
+from tasks.preprocess import PreprocessResult
 from tasks.sources import ResolvedInputs
 from validation.config import ValidationConfig
 from validation.contract import event_pieces, read_events_piece, read_table_file, type_entities
 from validation.suites import (Rule, TableResult, apply_quarantine, entity_rules, event_rules, merge_outcomes,
-                               raise_for, sequence_checks, sequence_rules, validate_frame, write_reports)
+                               merge_sequence_checks, raise_for, sequence_checks, sequence_rules, validate_frame, write_reports)
 
 
 def _event_frame(file: str, rg: int | None, columns: dict, known_items, known_users) -> pd.DataFrame:
@@ -96,8 +96,14 @@ def validate_raw(inputs: ResolvedInputs, vcfg: ValidationConfig, client, report_
     return results
 
 
+def _part_checks(path: str) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    return sequence_checks(pq.read_table(path))
+
+
 def validate_processed(pre: PreprocessResult, vcfg: ValidationConfig, raw_results: list[TableResult],
-                       report_dir: Path) -> TableResult:
+                       report_dir: Path, client=None) -> TableResult:
     """Check processed invariants on the staged version, then move it into place atomically."""
     import json
 
@@ -106,8 +112,10 @@ def validate_processed(pre: PreprocessResult, vcfg: ValidationConfig, raw_result
     staging = Path(pre.staging_path)
     try:
         meta = json.loads((staging / "meta.json").read_text())
-        seq = read_sequences(staging)
-        checks = sequence_checks(seq)
+        # per part (one per user bucket) in parallel; only per-user scalars are merged, never the events
+        parts = sorted(str(p) for p in (staging / "sequences.parquet").glob("part-*.parquet"))
+        checks = merge_sequence_checks(client.gather(client.map(_part_checks, parts, pure=False)) if client
+                                       else [_part_checks(p) for p in parts])
         rules = sequence_rules(meta["counts"]["items"], len(meta["event_types"]) - 1, vcfg.min_eval_users)
         t = time.perf_counter()
         res = TableResult("sequences", rules, validate_frame("sequences", checks, rules,

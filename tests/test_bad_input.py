@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cfg, small_events
+from tests.conftest import run_cfg, small_events, with_changes
 
 NOW = int(time.time())
 
@@ -149,8 +149,73 @@ def test_broken_input_fails_cleanly(case, tmp_path, prefect_harness, cache_dir):
     err = summary["error"]
     assert "file:" in err and "rule:" in err, err
     assert column in err and rule in err, err
-    assert not (wd / "data").exists() or not any((wd / "data").iterdir()), "a data version was left behind"
+    left = [p.name for p in (wd / "data").iterdir() if p.suffix != ".lock"] if (wd / "data").exists() else []
+    assert not left, f"a data version or its staging was left behind: {left}"
     assert not (wd / "mlflow.db").exists() and not (wd / "registry").exists(), "tracking/registry touched"
+
+
+# --------------------------------------------------------------------------- hostile configuration
+
+
+def _cfg_outside_registry(tmp, wd):
+    return {"tracking__registry_dir": str(tmp / "elsewhere" / "registry")}, "tracking.registry_dir", "outside the work directory"
+
+
+def _cfg_dotdot_artifacts(tmp, wd):
+    return {"tracking__artifact_location": str(wd / ".." / "escape")}, "tracking.artifact_location", "outside the work directory"
+
+
+def _cfg_symlink_out_of_workdir(tmp, wd):
+    (tmp / "target").mkdir()
+    wd.mkdir()
+    (wd / "registry").symlink_to(tmp / "target")  # looks inside, resolves outside
+    return {"tracking__registry_dir": str(wd / "registry")}, "tracking.registry_dir", "outside the work directory"
+
+
+def _cfg_sqlite_store_outside(tmp, wd):
+    return {"tracking__tracking_uri": f"sqlite:///{tmp / 'other' / 'mlflow.db'}"}, "tracking.tracking_uri", "outside the work directory"
+
+
+def _cfg_missing_grouplens_dir(tmp, wd):
+    return {"data__ml100k_dir": str(tmp / "nope")}, "data.ml100k_dir", "does not exist"
+
+
+def _cfg_nan_learning_rate(tmp, wd):
+    return {"train__lr": float("nan")}, "train.lr", "finite"
+
+
+def _cfg_workdir_is_a_file(tmp, wd):
+    wd.write_text("not a directory")
+    return {}, "--workdir", "must be a directory"
+
+
+CONFIG_CASES = [v for k, v in sorted(globals().items()) if k.startswith("_cfg_")]
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=[c.__name__[5:] for c in CONFIG_CASES])
+def test_hostile_config_is_refused_before_anything_is_written(case, tmp_path, prefect_harness, cache_dir):
+    """Paths from config are resolved (symlinks followed) and checked, values validated, before the
+    flow writes anything: the error names the key and the rule; the work directory stays untouched."""
+    from flows.config import validate_config
+    from flows.training import training_flow
+    from seqrec.errors import ConfigError
+    from seqrec.paths import check_paths
+
+    (tmp_path / "in").mkdir()
+    wd = tmp_path / "wd"
+    changes, key, rule = case(tmp_path, wd)
+    before = sorted(p.name for p in wd.iterdir()) if wd.is_dir() else None
+    tree = with_changes({"data": {"source": "files", "events": _events(tmp_path / "in")},
+                         "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2}}, **changes)
+    with pytest.raises(ConfigError) as e:
+        check_paths(validate_config(tree), wd)
+    assert key in str(e.value) and rule in str(e.value), str(e.value)
+    if key != "train.lr":  # a config that validates is also refused by the flow itself (deployments)
+        state = training_flow(config=validate_config(tree), workdir=str(wd), run_id="r1", return_state=True)
+        assert state.is_failed() and key in str(state.message) + repr(state.result(raise_on_failure=False))
+    assert (sorted(p.name for p in wd.iterdir()) if wd.is_dir() else None) == before, "the work directory was written"
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "other").exists()
+    assert not (tmp_path / "escape").exists() and not any((tmp_path / "target").glob("*"))
 
 
 def test_quarantine_drops_a_small_fraction_and_counts_it(tmp_path, prefect_harness, cache_dir):

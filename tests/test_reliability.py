@@ -16,47 +16,27 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.faults import SEQREC, checkpoint_epoch as _checkpoint_epoch, run_args, seqrec_env as _env
 from tests.conftest import free_port
 
-SEQREC = str(Path(sys.executable).with_name("seqrec"))
 CFG = {"data": {"source": "synthetic", "synthetic": {"users": 600, "items": 100, "events": 24_000, "seed": 7}},
        "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2},
        "model": {"dim": 32, "max_len": 20},
        "train": {"batch_size": 64, "threads": 1, "epochs": 14, "patience": 20, "progress": True}}
 
 
-def _env(tmp: Path, cache_dir: Path) -> dict:
-    env = {**os.environ, "SEQREC_CACHE_DIR": str(cache_dir), "PREFECT_HOME": str(tmp / "prefect-home")}
-    env.pop("PREFECT_API_URL", None)
-    return env
-
-
-def _run_args(cfg: Path, wd: Path, summary: Path) -> list[str]:
-    return [SEQREC, "run", "--config", str(cfg), "--workdir", str(wd), "--until", "evaluate",
-            "--summary-json", str(summary)]
-
-
-def _checkpoint_epoch(wd: Path) -> int:
-    import torch
-
-    for f in (wd / "checkpoints").glob("*/last.pt"):
-        try:
-            return int(torch.load(f, weights_only=True)["epoch"]) + 1
-        except Exception:  # noqa: BLE001 - replaced between glob and load
-            return 0
-    return 0
-
-
-def test_sigkill_during_training_resumes_to_the_same_metrics(tmp_path, cache_dir):
+def test_sigkill_during_training_resumes_to_the_same_metrics_and_decision(tmp_path, cache_dir):
+    """Also the determinism promise: the resumed run and an uninterrupted one (another work directory,
+    same seed) end with the same data version, metrics and A/B decision."""
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(CFG))
     env = _env(tmp_path, cache_dir)
-    ref = subprocess.run(_run_args(cfg, tmp_path / "ref", tmp_path / "ref.json"), capture_output=True, text=True,
+    ref = subprocess.run(run_args(cfg, tmp_path / "ref", tmp_path / "ref.json"), capture_output=True, text=True,
                          timeout=600, env=env)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     wd = tmp_path / "wd"
-    victim = subprocess.Popen(_run_args(cfg, wd, tmp_path / "victim.json"), stdout=subprocess.DEVNULL,
+    victim = subprocess.Popen(run_args(cfg, wd, tmp_path / "victim.json"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     deadline = time.monotonic() + 600
     while _checkpoint_epoch(wd) < 3:
@@ -69,7 +49,7 @@ def test_sigkill_during_training_resumes_to_the_same_metrics(tmp_path, cache_dir
     assert 3 <= killed_at < CFG["train"]["epochs"]
     assert not (tmp_path / "victim.json").exists()
 
-    again = subprocess.run(_run_args(cfg, wd, tmp_path / "again.json"), capture_output=True, text=True, timeout=600,
+    again = subprocess.run(run_args(cfg, wd, tmp_path / "again.json"), capture_output=True, text=True, timeout=600,
                            env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from checkpoint" in again.stdout + again.stderr
@@ -79,6 +59,29 @@ def test_sigkill_during_training_resumes_to_the_same_metrics(tmp_path, cache_dir
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in r["history"]]
     assert a["metrics"]["test"] == r["metrics"]["test"] and a["metrics"]["validation"] == r["metrics"]["validation"]
     assert not list((wd / "checkpoints").glob("*/last.pt")), "the finished job left its checkpoint behind"
+    decided = ("decision", "reasons", "lift", "ci_low", "ci_high", "p_value", "test")
+    assert {k: a["ab"][k] for k in decided} == {k: r["ab"][k] for k in decided}
+    assert a["promoted"] == r["promoted"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["preprocess", "features"])
+def test_sigkill_during_preprocessing_or_features_leaves_no_partial_version(stage, tmp_path, cache_dir):
+    """Killed while a data version (staging + processed validation) or a views directory is being
+    written: no reader ever sees a partial one, and the rerun produces the same data version hash,
+    the same sequences and the same views."""
+    from benchmarks.faults import crash_in_data_stage, reference_run
+
+    ref = reference_run(tmp_path / "ref", cache_dir)
+    r = crash_in_data_stage(stage, tmp_path / "crash", cache_dir, delay_s=0.2, reference=ref)
+    assert not r["partial_visible"], r["visible_after_kill"]
+    if stage == "preprocess":
+        assert r["visible_after_kill"]["versions"] == {} or all(r["visible_after_kill"]["versions"].values())
+    else:
+        assert list(r["visible_after_kill"]["versions"].values()) == [True]
+    assert r["rerun_rc"] == 0, r["rerun_output"]
+    assert r["same_version"] and r["same_sequences"] and r["same_views"], r
+    assert r["leftovers_after_rerun"] == [], "the rerun did not clean the dead writer's staging"
 
 
 def test_two_concurrent_runs_never_promote_on_a_stale_champion(tmp_path, cache_dir):

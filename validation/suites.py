@@ -205,29 +205,69 @@ def sequence_rules(n_items: int, n_event_types: int, min_eval_users: int = 2) ->
     ]
 
 
-def sequence_checks(seq: pd.DataFrame) -> pd.DataFrame:
-    """Per-user scalar invariants of sequences.parquet, for the processed suite."""
-    def ok_split(s: np.ndarray) -> bool:
-        n = len(s)
-        want = np.zeros(n, np.int8)
-        if n >= 3:
-            want[-2:] = (1, 2)
-        return bool(np.array_equal(s, want))
+def sequence_checks(part: "pa.Table") -> pd.DataFrame:
+    """Per-user scalar invariants of one part of sequences.parquet (vectorised over the flattened
+    lists: a part holds millions of events). `eval_users` is filled in once all parts are merged."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    items = seq["items"]
-    lengths = np.array([len(x) for x in items])
+    def flat(col: str) -> tuple[np.ndarray, np.ndarray]:
+        arr = part[col].combine_chunks()
+        return pc.list_flatten(arr).to_numpy(zero_copy_only=False), pc.list_value_length(arr).to_numpy(
+            zero_copy_only=False).astype(np.int64)
+
+    items, n = flat("items")
+    starts = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+    nonempty = n > 0
+
+    def per_user(values: np.ndarray, ufunc) -> np.ndarray:
+        out = np.full(len(n), -1, np.int64)
+        if nonempty.any():
+            out[nonempty] = ufunc.reduceat(values.astype(np.int64), starts[nonempty])
+        return out
+
+    etypes, _ = flat("event_types")
+    ts, n_ts = flat("timestamps")
+    split, n_split = flat("split")
+    _, n_gap = flat("gap_buckets")
+    # time order: every within-user step is >= 0 (steps across a user boundary do not count)
+    user_of = np.repeat(np.arange(len(n)), n)
+    step_bad = np.zeros(len(ts), bool)
+    if len(ts) > 1 and (n == n_ts).all():
+        step_bad[1:] = (np.diff(ts) < 0) & (user_of[1:] == user_of[:-1])
+    # split markers: 0 everywhere except (1, 2) on the last two events of users with 3+ events
+    want = np.zeros(len(items), np.int8)
+    pos_from_end = np.repeat(starts + n - 1, n) - np.arange(len(items))
+    long_user = np.repeat(n >= 3, n)
+    want[long_user & (pos_from_end == 1)] = 1
+    want[long_user & (pos_from_end == 0)] = 2
+    split_bad = split.astype(np.int8) != want if (n == n_split).all() else np.ones(len(items), bool)
     return pd.DataFrame({
-        "user_idx": seq["user_idx"].to_numpy(),
-        # a table-level count repeated per row, so the rule table can express it
-        "eval_users": np.full(len(seq), int((lengths >= 3).sum())),
-        "min_item": [int(np.min(x)) if len(x) else -1 for x in items],
-        "max_item": [int(np.max(x)) if len(x) else -1 for x in items],
-        "max_event_type": [int(np.max(x)) if len(x) else -1 for x in seq["event_types"]],
-        "time_sorted": [bool(np.all(np.diff(np.asarray(t)) >= 0)) for t in seq["timestamps"]],
-        "split_ok": [ok_split(np.asarray(s)) for s in seq["split"]],
-        "lengths_ok": [len(a) == len(b) == len(c) == len(d) for a, b, c, d in
-                       zip(items, seq["timestamps"], seq["gap_buckets"], seq["split"])],
+        "user_idx": part["user_idx"].to_numpy(),
+        "eval_users": np.zeros(len(n), np.int64),
+        "n_events": n,
+        "min_item": per_user(items, np.minimum),
+        "max_item": per_user(items, np.maximum),
+        "max_event_type": per_user(etypes, np.maximum),
+        "time_sorted": ~np.bincount(user_of[step_bad], minlength=len(n)).astype(bool),
+        "split_ok": ~np.bincount(user_of[split_bad], minlength=len(n)).astype(bool) if len(split_bad) == len(items)
+        else np.zeros(len(n), bool),
+        "lengths_ok": (n == n_ts) & (n == n_gap) & (n == n_split),
     })
+
+
+def merge_sequence_checks(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    checks = pd.concat(parts, ignore_index=True) if parts else sequence_checks_empty()
+    # a table-level count repeated per row, so the rule table can express it
+    checks["eval_users"] = int((checks["n_events"] >= 3).sum())
+    return checks.drop(columns="n_events")
+
+
+def sequence_checks_empty() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
+        ("user_idx", "int32"), ("eval_users", "int64"), ("n_events", "int64"), ("min_item", "int64"),
+        ("max_item", "int64"), ("max_event_type", "int64"), ("time_sorted", bool), ("split_ok", bool),
+        ("lengths_ok", bool))})
 
 
 # --------------------------------------------------------------------------- running
