@@ -143,6 +143,94 @@ def crash_in_data_stage(stage: str, tmp: Path, cache_dir: Path, delay_s: float, 
             "leftovers_after_rerun": hidden_leftovers(wd)}
 
 
+# a small training job: long enough to be killed mid-training, short enough to repeat
+TRAIN_CFG = {"data": {"source": "synthetic", "synthetic": {"users": 600, "items": 100, "events": 24_000, "seed": 7}},
+             "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2},
+             "model": {"dim": 32, "max_len": 20},
+             "train": {"batch_size": 64, "threads": 1, "epochs": 14, "patience": 20, "progress": True}}
+DECIDED = ("decision", "reasons", "lift", "ci_low", "ci_high", "p_value", "test")
+
+
+def full_run(cfg_tree: dict, tmp: Path, cache_dir: Path, name: str = "ref") -> dict:
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = tmp / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(cfg_tree))
+    out = subprocess.run(run_args(cfg, tmp / name, tmp / f"{name}.json"), capture_output=True, text=True,
+                         env=seqrec_env(tmp, cache_dir), timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads((tmp / f"{name}.json").read_text())
+
+
+def crash_in_training(tmp: Path, cache_dir: Path, after_epoch: int, reference: dict) -> dict:
+    """Kill after the `after_epoch` checkpoint; the rerun must resume and end exactly like `reference`."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = tmp / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(TRAIN_CFG))
+    env = seqrec_env(tmp, cache_dir)
+    wd = tmp / "wd"
+    kill_when(start(run_args(cfg, wd), env), lambda: checkpoint_epoch(wd) >= after_epoch, poll_s=0.05)
+    killed_at = checkpoint_epoch(wd)
+    again = subprocess.run(run_args(cfg, wd, tmp / "again.json"), capture_output=True, text=True, env=env, timeout=900)
+    a = json.loads((tmp / "again.json").read_text()) if again.returncode == 0 else {}
+    r = reference
+    return {"fault": "training", "killed_after_epoch": killed_at, "rerun_rc": again.returncode,
+            "rerun_output": (again.stdout + again.stderr)[-2000:],
+            "resumed": "resuming from checkpoint" in again.stdout + again.stderr,
+            "same_version": a.get("data_version") == r["data_version"],
+            "same_losses": [h["loss"] for h in a.get("history", [])] == [h["loss"] for h in r["history"]],
+            "same_metrics": bool(a) and a["metrics"]["test"] == r["metrics"]["test"]
+            and a["metrics"]["validation"] == r["metrics"]["validation"],
+            "same_decision": bool(a) and {k: a["ab"][k] for k in DECIDED} == {k: r["ab"][k] for k in DECIDED}
+            and a["promoted"] == r["promoted"],
+            "checkpoint_left": bool(list((wd / "checkpoints").glob("*/last.pt")))}
+
+
+def registry_locked(wd: Path) -> Callable[[], bool]:
+    """True while some process holds the registry lock (the run is inside compare + promote)."""
+    from filelock import FileLock, Timeout
+
+    path = wd / "registry" / "registry.lock"
+
+    def check() -> bool:
+        if not path.exists():
+            return False
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+    return check
+
+
+def crash_in_promote(tmp: Path, cache_dir: Path) -> dict:
+    """Kill while the run holds the registry lock, after registering; then rerun with another seed."""
+    from tasks.registry import open_registry
+    from tasks.tracking import TrackingConfig
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = tmp / "cfg.yaml"
+    # a long bootstrap keeps the compare stage open long enough to be hit
+    cfg.write_text(yaml.safe_dump({**TRAIN_CFG, "train": {**TRAIN_CFG["train"], "epochs": 4, "progress": False},
+                                   "ab": {"baseline": "pop", "latency_users": 20, "n_bootstrap": 400_000}}))
+    env = seqrec_env(tmp, cache_dir)
+    wd = tmp / "wd"
+    kill_when(start(run_args(cfg, wd), env), registry_locked(wd), poll_s=0.02)
+    reg = open_registry(TrackingConfig(), wd)
+    after_kill = {"versions": [int(v.version) for v in reg.versions()], "champion": reg.champion()}
+    again = subprocess.run([*run_args(cfg, wd, tmp / "again.json"), "--set", "seed=1", "--set", "ab.n_bootstrap=2000"],
+                           capture_output=True, text=True, env=env, timeout=900)
+    reg = open_registry(TrackingConfig(), wd)
+    stack = reg.champion_stack()
+    champion = reg.champion()
+    return {"fault": "promote", "after_kill": after_kill, "rerun_rc": again.returncode,
+            "rerun_output": (again.stdout + again.stderr)[-2000:],
+            "alias_matches_log": champion == (stack[-1] if stack else None),
+            "champion_passed": champion is None or reg.version(champion).tags.get("ab.decision") == "pass",
+            "killed_version_undecided_never_champion": champion != 1 or reg.version(1).tags.get("ab.decision") == "pass"}
+
+
 def reference_run(tmp: Path, cache_dir: Path) -> dict:
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "cfg.yaml"
@@ -157,25 +245,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("/tmp/seqrec-faults"))
-    ap.add_argument("--faults", nargs="+", default=["preprocess", "features"])
+    ap.add_argument("--faults", nargs="+", default=["preprocess", "features", "training", "promote"])
     a = ap.parse_args()
     shutil.rmtree(a.out, ignore_errors=True)
     cache = a.out / "cache"
-    ref = reference_run(a.out / "ref", cache)
     rows = []
+    ref = reference_run(a.out / "ref", cache) if {"preprocess", "features"} & set(a.faults) else None
+    train_ref = full_run(TRAIN_CFG, a.out / "train-ref", cache) if "training" in a.faults else None
     for fault in a.faults:
         for i in range(a.repeats):
-            r = crash_in_data_stage(fault, a.out / f"{fault}-{i}", cache, delay_s=0.25 * i, reference=ref)
-            rows.append({k: v for k, v in r.items() if k != "rerun_output"})
+            tmp = a.out / f"{fault}-{i}"
+            if fault in ("preprocess", "features"):
+                r = crash_in_data_stage(fault, tmp, cache, delay_s=0.25 * i, reference=ref)
+            elif fault == "training":
+                r = crash_in_training(tmp, cache, after_epoch=2 + 3 * i, reference=train_ref)
+            else:
+                r = crash_in_promote(tmp, cache)
+            rows.append({"fault": fault, **{k: v for k, v in r.items() if k != "rerun_output"}})
             print(json.dumps(rows[-1]), flush=True)
+            shutil.rmtree(tmp, ignore_errors=True)
     (a.out / "faults.json").write_text(json.dumps(rows, indent=2))
-    df = pd.DataFrame(rows)
-    table = df.groupby("stage").agg(trials=("stage", "size"), partial_visible=("partial_visible", "sum"),
-                                    half_written_at_kill=("hidden_after_kill", lambda x: int(sum(map(bool, x)))),
-                                    rerun_ok=("rerun_rc", lambda x: int((x == 0).sum())),
-                                    same_version=("same_version", "sum"), same_sequences=("same_sequences", "sum"),
-                                    same_views=("same_views", "sum"))
-    print(table.to_string())
+    for fault, group in pd.DataFrame(rows).groupby("fault", sort=False):
+        checks = [c for c in group.columns if group[c].map(lambda v: isinstance(v, bool)).all()]
+        print(f"{fault}: {len(group)} trials, rerun ok {int((group['rerun_rc'] == 0).sum())}, "
+              + ", ".join(f"{c} {int(group[c].sum())}" for c in checks))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 Each measurement runs in a fresh subprocess; peak RSS is the maximum over time of the summed RSS of
 that process and all its children (Dask workers included), sampled every 50 ms with psutil.
 Usage: python benchmarks/preprocess_bench.py --sizes 1000000 10000000 [--repeat 1] [--out bench-out]
+       python benchmarks/preprocess_bench.py --sizes 100000000 --methods dask+gx   # + both GX gates
+Method `dask+gx` also runs the raw and processed data-quality gates (per piece / per part on the
+cluster, merged) and reports each stage's seconds.
 """
 
 from __future__ import annotations
@@ -26,19 +29,31 @@ from validation.config import ValidationConfig
 inputs = resolve_inputs(DataConfig(source="files", events=data + "/events"))
 pcfg, vcfg = PreprocessConfig(), ValidationConfig()
 t = time.perf_counter()
-if method == "dask":
+stages = {}
+if method in ("dask", "dask+gx"):
     from tasks.dask_cluster import DaskConfig, dask_client
     from tasks.preprocess import preprocess
+    from tasks.validate import validate_processed, validate_raw
     with dask_client(DaskConfig(), work) as client:
         t = time.perf_counter()
+        if method == "dask+gx":
+            raw = validate_raw(inputs, vcfg, client, work / "run")
+            stages["validate_raw"] = round(time.perf_counter() - t, 2)
+        t1 = time.perf_counter()
         res = preprocess(inputs, pcfg, vcfg, client, work)
+        stages["preprocess"] = round(time.perf_counter() - t1, 2)
         events = res.counts["events"]
+        if method == "dask+gx":
+            t1 = time.perf_counter()
+            validate_processed(res, vcfg, raw, work / "run", client)
+            stages["validate_processed"] = round(time.perf_counter() - t1, 2)
     shutil.rmtree(res.staging_path, ignore_errors=True)
+    shutil.rmtree(res.path, ignore_errors=True)
 else:
     from benchmarks.pandas_reference import reference_sequences
     out = reference_sequences(inputs, pcfg, vcfg)
     events = int(out["n_events"].sum())
-print(json.dumps({"seconds": time.perf_counter() - t, "events": events}))
+print(json.dumps({"seconds": time.perf_counter() - t, "events": events, "stages": stages}))
 """
 
 
@@ -61,7 +76,7 @@ def measure(method: str, data: Path, work: Path) -> dict:
         raise RuntimeError(f"{method} failed: {err[-2000:]}")
     res = json.loads(out.strip().splitlines()[-1])
     return {"method": method, "stage_s": round(res["seconds"], 2), "process_s": round(time.perf_counter() - t0, 2),
-            "peak_rss_gb": round(peak / 2**30, 3), "events": res["events"]}
+            "peak_rss_gb": round(peak / 2**30, 3), "events": res["events"], "stages": res["stages"]}
 
 
 def main() -> None:

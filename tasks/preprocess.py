@@ -99,26 +99,48 @@ def _load_piece(idx: int, file: str, row_group: int | None, columns: dict, qrule
     return df.reset_index(drop=True), stats
 
 
+def _compact_piece(idx: int, file: str, row_group: int | None, columns: dict, qrules: list[Rule] | None,
+                   event_types: list[str] | None, min_value: float | None) -> tuple[pd.DataFrame, dict]:
+    """Load, filter, and keep only compact columns until the global vocabulary exists: ids become
+    piece-local codes (+ the piece's unique ids), so the events held between phases A and B cost ~30
+    bytes each instead of two Python strings (100M events stay within the workers' memory limits)."""
+    df, stats = _load_piece(idx, file, row_group, columns, qrules, event_types, min_value)
+    u_codes, u_uni = pd.factorize(df["user_id"])
+    i_codes, i_uni = pd.factorize(df["item_id"])
+    out = pd.DataFrame({"u": u_codes.astype(np.int32), "i": i_codes.astype(np.int32),
+                        "ts": df["timestamp"].to_numpy(dtype=np.int64), "order": df["_order"].to_numpy()})
+    if "event_type" in df.columns:
+        out["event_type"] = df["event_type"].astype("category").to_numpy()
+    if "value" in df.columns:
+        out["value"] = df["value"].to_numpy(dtype=np.float32, na_value=np.nan)
+    if "session_id" in df.columns:
+        out["session_key"] = pd.util.hash_array(df["session_id"].fillna("").to_numpy(dtype=object)).astype(np.int64)
+    uniques = {"users": np.asarray(u_uni, dtype=object), "items": np.asarray(i_uni, dtype=object)}
+    return out, {**stats, "uniques": uniques}
+
+
 def _uniques(piece: tuple[pd.DataFrame, dict]) -> tuple[np.ndarray, np.ndarray, dict]:
-    df, stats = piece
-    return (df["user_id"].unique().to_numpy(dtype=object), df["item_id"].unique().to_numpy(dtype=object), stats)
+    _, stats = piece
+    return (stats["uniques"]["users"], stats["uniques"]["items"],
+            {k: v for k, v in stats.items() if k != "uniques"})
 
 
 def _encode_piece(piece: tuple[pd.DataFrame, dict], users: pd.Index, items: pd.Index, etypes: list[str],
                   n_buckets: int) -> list[pd.DataFrame]:
-    df, _ = piece
+    df, stats = piece
+    user_map = users.get_indexer(stats["uniques"]["users"]).astype(np.int32)
+    item_map = items.get_indexer(stats["uniques"]["items"]).astype(np.int32)
     out = pd.DataFrame({
-        "user": users.get_indexer(df["user_id"]).astype(np.int32),
-        "item": items.get_indexer(df["item_id"]).astype(np.int32),
-        "ts": df["timestamp"].to_numpy(dtype=np.int64),
+        "user": user_map[df["u"].to_numpy()],
+        "item": item_map[df["i"].to_numpy()],
+        "ts": df["ts"].to_numpy(),
         "etype": (pd.Index(etypes).get_indexer(df["event_type"]) if "event_type" in df.columns
                   else np.full(len(df), etypes.index("event"))).astype(np.int8),
-        "value": df["value"].to_numpy(dtype=np.float32, na_value=np.nan) if "value" in df.columns
-        else np.full(len(df), np.nan, np.float32),
-        "order": df["_order"].to_numpy(),
+        "value": df["value"].to_numpy() if "value" in df.columns else np.full(len(df), np.nan, np.float32),
+        "order": df["order"].to_numpy(),
     })
-    if "session_id" in df.columns:
-        out["session_key"] = pd.util.hash_array(df["session_id"].fillna("").to_numpy(dtype=object)).astype(np.int64)
+    if "session_key" in df.columns:
+        out["session_key"] = df["session_key"].to_numpy()
     bucket = out["user"].to_numpy() % n_buckets
     return [out[bucket == b].reset_index(drop=True) for b in range(n_buckets)]
 
@@ -253,7 +275,7 @@ def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedI
     columns = inputs.columns.model_dump()
     etypes = event_type_vocab(vcfg, pcfg)
     pieces = event_pieces(inputs.events)
-    loaded = [client.submit(_load_piece, i, f, rg, columns, qrules, pcfg.event_types, pcfg.min_value, pure=False)
+    loaded = [client.submit(_compact_piece, i, f, rg, columns, qrules, pcfg.event_types, pcfg.min_value, pure=False)
               for i, (f, rg) in enumerate(pieces)]
     uniq = client.gather([client.submit(_uniques, p, pure=False) for p in loaded])
     drops: dict[str, int] = {}

@@ -16,52 +16,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.faults import SEQREC, checkpoint_epoch as _checkpoint_epoch, run_args, seqrec_env as _env
+from benchmarks.faults import SEQREC, TRAIN_CFG, checkpoint_epoch as _checkpoint_epoch, seqrec_env as _env
 from tests.conftest import free_port
 
-CFG = {"data": {"source": "synthetic", "synthetic": {"users": 600, "items": 100, "events": 24_000, "seed": 7}},
-       "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2},
-       "model": {"dim": 32, "max_len": 20},
-       "train": {"batch_size": 64, "threads": 1, "epochs": 14, "patience": 20, "progress": True}}
+CFG = TRAIN_CFG
 
 
 def test_sigkill_during_training_resumes_to_the_same_metrics_and_decision(tmp_path, cache_dir):
     """Also the determinism promise: the resumed run and an uninterrupted one (another work directory,
-    same seed) end with the same data version, metrics and A/B decision."""
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(CFG))
-    env = _env(tmp_path, cache_dir)
-    ref = subprocess.run(run_args(cfg, tmp_path / "ref", tmp_path / "ref.json"), capture_output=True, text=True,
-                         timeout=600, env=env)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    same seed) end with the same data version, loss history, metrics and A/B decision."""
+    from benchmarks.faults import crash_in_training, full_run
 
-    wd = tmp_path / "wd"
-    victim = subprocess.Popen(run_args(cfg, wd, tmp_path / "victim.json"), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while _checkpoint_epoch(wd) < 3:
-        assert victim.poll() is None, "the run ended before it could be killed mid-training"
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    os.killpg(victim.pid, signal.SIGKILL)  # the flow process, its ephemeral Prefect server, everything
-    victim.wait(timeout=60)
-    killed_at = _checkpoint_epoch(wd)
-    assert 3 <= killed_at < CFG["train"]["epochs"]
-    assert not (tmp_path / "victim.json").exists()
-
-    again = subprocess.run(run_args(cfg, wd, tmp_path / "again.json"), capture_output=True, text=True, timeout=600,
-                           env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from checkpoint" in again.stdout + again.stderr
-    a, r = json.loads((tmp_path / "again.json").read_text()), json.loads((tmp_path / "ref.json").read_text())
-    assert a["training"]["resumed"] is True and r["training"]["resumed"] is False
-    assert a["data_version"] == r["data_version"]
-    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in r["history"]]
-    assert a["metrics"]["test"] == r["metrics"]["test"] and a["metrics"]["validation"] == r["metrics"]["validation"]
-    assert not list((wd / "checkpoints").glob("*/last.pt")), "the finished job left its checkpoint behind"
-    decided = ("decision", "reasons", "lift", "ci_low", "ci_high", "p_value", "test")
-    assert {k: a["ab"][k] for k in decided} == {k: r["ab"][k] for k in decided}
-    assert a["promoted"] == r["promoted"]
+    ref = full_run(TRAIN_CFG, tmp_path / "ref", cache_dir)
+    assert ref["training"]["resumed"] is False
+    r = crash_in_training(tmp_path / "crash", cache_dir, after_epoch=3, reference=ref)
+    assert 3 <= r["killed_after_epoch"] < TRAIN_CFG["train"]["epochs"]
+    assert r["rerun_rc"] == 0, r["rerun_output"]
+    assert r["resumed"], "the rerun did not say 'resuming from checkpoint'"
+    assert r["same_version"] and r["same_losses"] and r["same_metrics"] and r["same_decision"], r
+    assert not r["checkpoint_left"], "the finished job left its checkpoint behind"
 
 
 @pytest.mark.slow
@@ -119,49 +92,12 @@ def test_two_concurrent_runs_never_promote_on_a_stale_champion(tmp_path, cache_d
 def test_sigkill_between_register_and_promote_leaves_no_orphan_state(tmp_path, cache_dir):
     """Killed while it holds the registry lock (compare/promote), after registering its version: the
     next run completes, the alias and the promotion log agree, and the champion's A/B passed."""
-    from filelock import FileLock, Timeout
+    from benchmarks.faults import crash_in_promote
 
-    cfg = tmp_path / "cfg.yaml"
-    # a long bootstrap keeps the compare stage open long enough to be hit
-    cfg.write_text(yaml.safe_dump({**CFG, "train": {**CFG["train"], "epochs": 4, "progress": False},
-                                   "ab": {"baseline": "pop", "latency_users": 20, "n_bootstrap": 400_000}}))
-    env = _env(tmp_path, cache_dir)
-    wd = tmp_path / "wd"
-    victim = subprocess.Popen([SEQREC, "run", "--config", str(cfg), "--workdir", str(wd)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    lock = FileLock(str(wd / "registry" / "registry.lock"))
-    deadline = time.monotonic() + 600
-    while True:
-        assert victim.poll() is None, "the run finished before it could be killed in compare/promote"
-        assert time.monotonic() < deadline
-        if (wd / "registry" / "registry.lock").exists():
-            try:
-                lock.acquire(timeout=0)
-                lock.release()
-            except Timeout:  # the run is inside compare + promote
-                break
-        time.sleep(0.02)
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait(timeout=60)
-
-    from tasks.registry import open_registry
-    from tasks.tracking import TrackingConfig
-
-    reg = open_registry(TrackingConfig(), wd)
-    assert [int(v.version) for v in reg.versions()] == [1] and reg.champion() is None  # registered, not promoted
-    again = subprocess.run([SEQREC, "run", "--config", str(cfg), "--workdir", str(wd), "--set", "seed=1",
-                            "--set", "ab.n_bootstrap=2000",
-                            "--summary-json", str(tmp_path / "again.json")], capture_output=True, text=True,
-                           timeout=900, env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    reg = open_registry(TrackingConfig(), wd)
-    stack = reg.champion_stack()
-    assert reg.champion() == (stack[-1] if stack else None)
-    if reg.champion() is not None:
-        assert reg.version(reg.champion()).tags.get("ab.decision") == "pass"
-    # the killed run's version never became champion without a decision
-    v1 = reg.version(1).tags
-    assert reg.champion() != 1 or v1.get("ab.decision") == "pass"
+    r = crash_in_promote(tmp_path, cache_dir)
+    assert r["after_kill"] == {"versions": [1], "champion": None}  # registered, not promoted
+    assert r["rerun_rc"] == 0, r["rerun_output"]
+    assert r["alias_matches_log"] and r["champion_passed"] and r["killed_version_undecided_never_champion"], r
 
 
 

@@ -205,10 +205,9 @@ def sequence_rules(n_items: int, n_event_types: int, min_eval_users: int = 2) ->
     ]
 
 
-def sequence_checks(part: "pa.Table") -> pd.DataFrame:
+def sequence_checks(part: "pyarrow.Table") -> pd.DataFrame:  # noqa: F821
     """Per-user scalar invariants of one part of sequences.parquet (vectorised over the flattened
     lists: a part holds millions of events). `eval_users` is filled in once all parts are merged."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     def flat(col: str) -> tuple[np.ndarray, np.ndarray]:
