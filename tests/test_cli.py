@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
 
 SEQREC = [sys.executable, "-m", "seqrec.cli"]
 

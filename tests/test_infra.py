@@ -5,7 +5,6 @@ seqrec config that points at the services must validate and agree with them."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 

@@ -21,8 +21,8 @@ def test_synthetic_is_deterministic_and_chunked(tmp_path, monkeypatch):
 
     monkeypatch.setattr(syn, "CHUNK_USERS", 70)
     a = generate(200, 50, 5000, 3, tmp_path / "a")
-    b = generate(200, 50, 5000, 3, tmp_path / "b")
-    c = generate(200, 50, 5000, 4, tmp_path / "c")
+    generate(200, 50, 5000, 3, tmp_path / "b")
+    generate(200, 50, 5000, 4, tmp_path / "c")
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b") != _digests(tmp_path / "c")
     assert a["counts"]["events"] == 5000 and len(list((tmp_path / "a" / "events").glob("*.parquet"))) == 3
     ev = pd.read_parquet(tmp_path / "a" / "events")
