@@ -1,7 +1,8 @@
-"""Faults injected for real: a `seqrec run` killed with SIGKILL mid-training is resumed by the next
-run, which ends with exactly the metrics of an uninterrupted run with the same seed (CPU); two runs
-at once on one work directory; and, marked slow (`make test-all`), a run killed inside
-compare/promote and a tracking server killed mid-run."""
+"""Faults injected for real (the injection code is benchmarks/faults.py): a `seqrec run` killed with
+SIGKILL mid-training is resumed by the next run, which ends with exactly the metrics and A/B decision
+of an uninterrupted run with the same seed (CPU). Marked slow (`make test-all`): runs killed inside
+preprocessing, feature extraction and compare/promote; two runs at once on one work directory; a
+tracking server killed mid-run."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def test_sigkill_during_preprocessing_or_features_leaves_no_partial_version(stag
     assert r["leftovers_after_rerun"] == [], "the rerun did not clean the dead writer's staging"
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_never_promote_on_a_stale_champion(tmp_path, cache_dir):
     """Two `seqrec run`s start together on one work directory and registry (different seeds): both
     finish, the registry lock orders compare + promote, and every promotion was decided against the
