@@ -10,6 +10,7 @@ example, registered under `tracking.model_name`, and the new version gets alias 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -40,6 +41,8 @@ class TrackingConfig(BaseModel):
     http_retries: int = Field(3, ge=0, le=10, description="retries of a request to a tracking server")
     http_backoff: int = Field(1, ge=0, description="exponential back-off factor between those retries (s)")
     http_timeout_s: int = Field(30, ge=1, description="timeout of one request to a tracking server")
+    sqlite_wait_s: float = Field(600, ge=0, description="keep retrying a call that found the SQLite store locked "
+                                                       "by another run this long (MLflow itself waits 20 s per call)")
 
 
     @field_validator("tracking_uri")
@@ -107,7 +110,12 @@ def client_for(cfg: TrackingConfig, workdir: Path):
             os.environ[k] = v
     if not db:
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return PatientClient(_sqlite_client(uri, db), cfg.sqlite_wait_s)
+
+
+def _sqlite_client(uri: str, db: Path):
     from filelock import FileLock
+    from mlflow import MlflowClient
 
     db.parent.mkdir(parents=True, exist_ok=True)
     # two runs creating a new SQLite store at once race in MLflow's schema migrations ("duplicate
@@ -118,6 +126,51 @@ def client_for(cfg: TrackingConfig, workdir: Path):
         client.search_experiments(max_results=1)
         client.search_registered_models(max_results=1)
     return client
+
+
+def _locked(e: BaseException) -> bool:
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if "database is locked" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def patient(fn, wait_s: float, *args, **kwargs):
+    """fn(*args, **kwargs), retried with back-off while SQLite reports "database is locked".
+
+    Safe to repeat: a statement that hit the lock was rolled back, so nothing of it was written.
+    Another run holding the store for longer than MLflow's own 20 s busy timeout (a long
+    transaction, a backup, `sqlite3` in a shell) makes this run wait, not fail."""
+    import logging
+
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if not _locked(e) or time.monotonic() >= deadline:
+                raise
+            logging.getLogger("seqrec.tracking").warning(
+                "MLflow store is locked by another process (%s); retrying in %.1fs", getattr(fn, "__name__", fn), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+class PatientClient:
+    """An MlflowClient whose calls wait out a locked SQLite store (see `patient`)."""
+
+    def __init__(self, client, wait_s: float) -> None:
+        self._client, self._wait_s = client, wait_s
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+        return functools.partial(patient, attr, self._wait_s)
 
 
 def ensure_experiment(client, cfg: TrackingConfig, workdir: Path) -> str:
@@ -319,12 +372,13 @@ def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config:
         if quality.is_dir():
             client.log_artifacts(rid, str(quality), artifact_path="quality")
         with mlflow.start_run(run_id=rid):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            info = patient(
+                mlflow.pyfunc.log_model, cfg.sqlite_wait_s, name="model",
+                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                 artifacts={"bundle": str(bundle)}, code_paths=[str(REPO / p) for p in CODE_PACKAGES],
                 pip_requirements=pip_requirements(), signature=model_signature(),
                 input_example=input_example(bundle))
-        mv = mlflow.register_model(info.model_uri, cfg.model_name,
+        mv = patient(mlflow.register_model, cfg.sqlite_wait_s, info.model_uri, cfg.model_name,
                                    tags={"seqrec.run_id": summary["run_id"],
                                          "data_version": summary.get("data_version") or "",
                                          "test.ndcg_at_10": f"{(summary.get('metrics') or {}).get('test', {}).get('ndcg@10', float('nan')):.5f}"})

@@ -155,3 +155,57 @@ def test_tracking_server_down_mid_flow_fails_clearly_and_registers_nothing(tmp_p
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=60)
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
+con.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+con.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.slow
+def test_sqlite_store_locked_longer_than_mlflows_timeout_waits_instead_of_failing(tmp_path):
+    """Another process holds the SQLite store exclusively for 26 s (MLflow's own busy timeout is
+    20 s): a plain MlflowClient call fails with "database is locked", seqrec's client waits and
+    succeeds once the lock is gone; with a short budget it fails with the lock error."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from tasks.tracking import TrackingConfig, client_for
+
+    cfg = TrackingConfig(sqlite_wait_s=120)
+    client = client_for(cfg, tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "mlflow.db"), "26"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    plain: dict = {}
+
+    def plain_call():
+        try:
+            MlflowClient(tracking_uri=uri, registry_uri=uri).create_registered_model("plain")
+        except Exception as e:  # noqa: BLE001
+            plain["error"] = str(e)
+    t = threading.Thread(target=plain_call)
+    t.start()
+    t0 = time.monotonic()
+    client.create_registered_model("patient")
+    waited = time.monotonic() - t0
+    t.join()
+    holder.wait(timeout=60)
+    assert "database is locked" in plain.get("error", ""), plain
+    assert waited > 20 and client.get_registered_model("patient").name == "patient"
+
+    impatient = client_for(TrackingConfig(sqlite_wait_s=0), tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "mlflow.db"), "23"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(Exception, match="database is locked"):
+        impatient.create_registered_model("never")
+    holder.wait(timeout=60)
+    assert [m.name for m in client.search_registered_models()] == ["patient"]
