@@ -85,3 +85,8 @@ def eval_inputs(seqs: Sequences, L: int, split: str) -> dict:
         "seen": [np.unique(h) for h in hist],
         "history": hist,
     }
+
+
+def eval_slice(ev: dict, lo: int, hi: int) -> dict:
+    """Users lo..hi-1 of eval_inputs' output (one rank's share of a sharded evaluation)."""
+    return {k: v[lo:hi] for k, v in ev.items()}

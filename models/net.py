@@ -35,8 +35,11 @@ class ModelConfig(BaseModel):
     engage_task: bool = True
     loss_weights: dict[str, float] = {"next": 1.0, "attr": 0.2, "engage": 0.2}
     uncertainty_weighting: bool = False
-    sampled_softmax_above: int = Field(200_000, description="catalogue size above which to sample negatives")
-    n_negatives: int = 1024
+    next_loss: Literal["auto", "full", "sampled"] = Field(
+        "auto", description="next-item loss: full softmax over the catalogue, sampled softmax with logQ "
+                            "correction, or auto = sampled above `sampled_softmax_above` items")
+    sampled_softmax_above: int = Field(200_000, description="catalogue size above which `auto` samples negatives")
+    n_negatives: int = Field(1024, ge=1, description="negatives per batch for the sampled softmax (shared)")
 
 
 @dataclass
@@ -94,6 +97,23 @@ class ItemEncoder(nn.Module):
             feat = feat + self.text(t.text.to(dev))
         feat = self.mix(feat)
         feat = torch.cat([torch.zeros_like(feat[:1]), feat[1:]])  # padding stays zero
+        return w + self.scale * feat
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """(len(ids), dim): table()[ids] computed for those items only (a sampled-softmax step
+        touches a few thousand of 100k-1M items; the whole table was ~3/4 of such a step)."""
+        w = self.id_emb.weight[ids]
+        t = self.tables
+        if t is None:
+            return w
+        dev = w.device
+        i = ids.cpu()
+        feat = self.multi(t.multi[i].to(dev)) + self.num(t.num[i].to(dev)).mean(1) + self.pop(t.pop[i].to(dev))
+        for j, emb in enumerate(self.cat):
+            feat = feat + emb(t.cat[i, j].to(dev))
+        if self.text is not None:
+            feat = feat + self.text(t.text[i].to(dev))
+        feat = self.mix(feat).masked_fill((ids == 0).unsqueeze(-1), 0.0)  # padding stays zero
         return w + self.scale * feat
 
 
@@ -203,15 +223,40 @@ class SeqRecNet(nn.Module):
     def scores(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return h @ table.T
 
+    def sampled_next_loss(self) -> bool:
+        """Whether the next-item head trains with sampled softmax (needs item log-frequencies)."""
+        return self.cfg.next_loss == "sampled" or (self.cfg.next_loss == "auto"
+                                                   and self.n_items > self.cfg.sampled_softmax_above)
+
+    def forward(self, batch: dict[str, torch.Tensor],
+                item_log_q: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        # the training step goes through forward() so that DistributedDataParallel's hooks see it
+        return self.loss(batch, item_log_q)
+
     def loss(self, batch: dict[str, torch.Tensor], item_log_q: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        table = self.items.table()
-        h = self.encode(batch["seq"], batch["etype"], batch["gap"], batch["user"], table)
         tgt = batch["target"]
         valid = tgt > 0
-        hv, tv = h[valid], tgt[valid]
-        if self.n_items > self.cfg.sampled_softmax_above and item_log_q is not None:
-            next_loss = _sampled_softmax(hv, tv, table, item_log_q, self.cfg.n_negatives)
+        tv = tgt[valid]
+        sampled = self.sampled_next_loss()
+        if sampled and item_log_q is None and self.cfg.next_loss == "sampled":
+            raise ValueError("model.next_loss=sampled needs the items' log-frequencies (item_log_q)")
+        if sampled and item_log_q is not None:
+            # negatives drawn from q (shared across the batch); only the items this step touches
+            # (inputs, targets, negatives) are represented, never the whole catalogue
+            neg = torch.multinomial(item_log_q.exp(), self.cfg.n_negatives, replacement=True)
+            seq = batch["seq"]
+            pad = torch.zeros(1, dtype=seq.dtype, device=seq.device)  # id 0 first: local id 0 is padding
+            ids, local = torch.unique(torch.cat([pad, seq.flatten(), tv, neg]), return_inverse=True)
+            rows = self.items.rows(ids)
+            n_seq = seq.numel()
+            h = self.encode(local[1:1 + n_seq].view_as(seq), batch["etype"], batch["gap"], batch["user"], rows)
+            hv = h[valid]
+            tl, nl = local[1 + n_seq:1 + n_seq + len(tv)], local[1 + n_seq + len(tv):]
+            next_loss = _sampled_softmax(hv, tv, neg, rows[tl], rows[nl], item_log_q)
         else:
+            table = self.items.table()
+            h = self.encode(batch["seq"], batch["etype"], batch["gap"], batch["user"], table)
+            hv = h[valid]
             logits = self.scores(hv, table)
             logits[:, :2] = -1e9  # never predict padding / unknown
             next_loss = F.cross_entropy(logits.float(), tv)
@@ -236,11 +281,12 @@ class SeqRecNet(nn.Module):
         return self.encode(seq, etype, gap, users, table)[:, -1]
 
 
-def _sampled_softmax(h: torch.Tensor, tgt: torch.Tensor, table: torch.Tensor, log_q: torch.Tensor, n: int):
-    """Sampled softmax with logQ correction (negatives drawn from q, shared across the batch)."""
-    neg = torch.multinomial(log_q.exp(), n, replacement=True)
-    pos_logit = (h * table[tgt]).sum(-1, keepdim=True) - log_q[tgt].unsqueeze(-1)
-    neg_logit = h @ table[neg].T - log_q[neg].unsqueeze(0)
+def _sampled_softmax(h: torch.Tensor, tgt: torch.Tensor, neg: torch.Tensor, tgt_rows: torch.Tensor,
+                     neg_rows: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Sampled softmax with logQ correction: item ids `tgt` (per row of h) and `neg` (shared), their
+    item representations, and log q of every item."""
+    pos_logit = (h * tgt_rows).sum(-1, keepdim=True) - log_q[tgt].unsqueeze(-1)
+    neg_logit = h @ neg_rows.T - log_q[neg].unsqueeze(0)
     neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == tgt.unsqueeze(1), -1e9)
     logits = torch.cat([pos_logit, neg_logit], -1).float()
     return F.cross_entropy(logits, torch.zeros(len(tgt), dtype=torch.long, device=h.device))

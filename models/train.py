@@ -1,5 +1,6 @@
 """Training loop: AdamW, warm-up + cosine, clipping, early stopping on validation NDCG@10,
-an atomic checkpoint every epoch and resume from it, seeds, thread count, CUDA + bf16 autocast."""
+an atomic checkpoint every epoch and resume from it, seeds, thread count, CUDA + bf16 autocast,
+and the same loop data-parallel over torchrun processes (models/distributed.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.data import Sequences, eval_inputs, training_windows
-from models.metrics import binary_metrics, evaluate_ranking
+from models import distributed as ddp
+from models.data import Sequences, eval_inputs, eval_slice, training_windows
+from models.distributed import SINGLE, DistContext
+from models.metrics import DEFAULT_ITEM_CHUNK, ChunkScores, binary_metrics, rank_users, summarise
 from models.net import SeqRecNet
 
 
@@ -32,7 +35,9 @@ class TrainConfig(BaseModel):
     patience: int = Field(8, ge=1, description="epochs without validation NDCG@10 improvement")
     max_seconds: float | None = Field(None, description="stop training after this wall time")
     window_stride: int | None = Field(None, ge=1, description="overlap training windows (default: max_len, no overlap)")
-    threads: int = Field(2, ge=1, description="torch.set_num_threads on CPU")
+    threads: int = Field(2, ge=1, description="torch.set_num_threads on CPU, split across `processes`")
+    processes: int = Field(1, ge=1, description="data-parallel training processes on this machine (torchrun + "
+                                                "DDP; one GPU each on CUDA); batch_size stays the global batch")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
     deterministic: bool = Field(True, description="torch deterministic algorithms: with more than one CPU thread "
@@ -48,14 +53,15 @@ def seed_everything(seed: int) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
 
 
-def pick_device(cfg: TrainConfig) -> torch.device:
+def pick_device(cfg: TrainConfig, dist: DistContext = SINGLE) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         # cuBLAS needs a fixed workspace to be deterministic; kernels without a deterministic
         # variant only warn on GPU (bit-exact runs are a CPU promise, DEVELOPERS.md)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-        return torch.device("cuda")
-    torch.set_num_threads(cfg.threads)
+        return torch.device("cuda", dist.local_rank) if dist.active else torch.device("cuda")
+    # the thread budget is the machine's: W processes x 1 thread beat 1 x W on a small LSTM step
+    torch.set_num_threads(ddp.threads_per_process(cfg.threads, dist))
     # measured: with 2 threads two identical runs gave different weights (same loss to 8 digits);
     # deterministic kernels made them bit-identical at no measurable cost on ml-100k
     torch.use_deterministic_algorithms(cfg.deterministic)
@@ -77,17 +83,25 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 class Trainer:
+    """The training loop for one process or for each of `dist.world_size` DDP processes (the
+    process group must be started, see models/distributed.py; rank 0 logs and writes files)."""
+
     def __init__(self, net: SeqRecNet, seqs: Sequences, cfg: TrainConfig, seed: int, ckpt_dir: Path | None,
-                 log=print, exclude_seen: bool = True) -> None:
-        self.net, self.seqs, self.cfg, self.seed, self.log = net, seqs, cfg, seed, log
+                 log=print, exclude_seen: bool = True, dist: DistContext = SINGLE,
+                 item_chunk: int = DEFAULT_ITEM_CHUNK) -> None:
+        self.net, self.seqs, self.cfg, self.seed, self.dist = net, seqs, cfg, seed, dist
+        self.log = log if dist.is_main else (lambda msg: None)
         self.exclude_seen = exclude_seen  # model selection uses the same protocol as the final evaluation
-        self.device = pick_device(cfg)
+        self.item_chunk = item_chunk
+        self.device = pick_device(cfg, dist)
         self.net.to(self.device)
+        self.model = ddp.wrap(net, dist, self.device)  # the training step; `net` for everything else
+        ddp.decorrelate_rng(seed, dist)
         self.ckpt_dir = ckpt_dir
         self.windows = training_windows(seqs, net.cfg.max_len, cfg.window_stride)
         self.valid = eval_inputs(seqs, net.cfg.max_len, "validation")
         self.opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.steps_per_epoch = math.ceil(len(self.windows["seq"]) / cfg.batch_size)
+        self.steps_per_epoch = ddp.steps_per_epoch(len(self.windows["seq"]), cfg.batch_size, dist)
         pop = np.bincount(np.concatenate(seqs.train_items()), minlength=net.n_items).astype(np.float64) + 1
         self.log_q = torch.as_tensor(np.log(pop / pop.sum()), dtype=torch.float32, device=self.device)
         self.history: list[dict] = []
@@ -97,11 +111,20 @@ class Trainer:
         self.train_seconds = 0.0
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self, epoch: int) -> dict:
-        return {"epoch": epoch, "model": self.net.state_dict(), "opt": self.opt.state_dict(),
-                "history": self.history, "best": self.best, "best_state": self.best_state,
-                "train_seconds": self.train_seconds, "torch_rng": torch.get_rng_state(),
-                "np_rng": np.random.get_state()[1].tolist(), "np_pos": int(np.random.get_state()[2])}
+    def _state(self, epoch: int, rank_rng: list[torch.Tensor]) -> dict:
+        state = {"epoch": epoch, "model": self.net.state_dict(), "opt": self.opt.state_dict(),
+                 "history": self.history, "best": self.best, "best_state": self.best_state,
+                 "train_seconds": self.train_seconds, "torch_rng": rank_rng[0],
+                 "np_rng": np.random.get_state()[1].tolist(), "np_pos": int(np.random.get_state()[2])}
+        if self.dist.active:
+            state["torch_rng_ranks"] = rank_rng
+        return state
+
+    def _checkpoint(self, epoch: int) -> None:
+        rank_rng = ddp.all_gather(torch.get_rng_state(), self.dist)  # collective: every rank calls it
+        if self.ckpt_dir and self.dist.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self.ckpt_dir / "last.pt", self._state(epoch, rank_rng))
 
     def try_resume(self) -> bool:
         path = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
@@ -112,13 +135,22 @@ class Trainer:
         self.opt.load_state_dict(st["opt"])
         self.history, self.best, self.best_state = st["history"], st["best"], st["best_state"]
         self.train_seconds = st["train_seconds"]
-        torch.set_rng_state(st["torch_rng"])
+        ranks = st.get("torch_rng_ranks") or [st["torch_rng"]]
+        if self.dist.rank < len(ranks):
+            torch.set_rng_state(ranks[self.dist.rank].cpu())
+        else:  # written by fewer processes: this rank starts a fresh stream of its own
+            ddp.decorrelate_rng(self.seed + st["epoch"] + 1, self.dist)
         np.random.set_state(("MT19937", np.asarray(st["np_rng"], np.uint32), st["np_pos"], 0, 0.0))
         self.start_epoch = st["epoch"] + 1
         self.log(f"resuming from checkpoint {path} (epoch {st['epoch'] + 1} done)")
         return True
 
     # ------------------------------------------------------------------ loop
+    def _batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.device.type == "cuda":  # pinned pages let the copy overlap the previous step
+            return {k: v[idx].pin_memory().to(self.device, non_blocking=True) for k, v in self.windows.items()}
+        return {k: v[idx] for k, v in self.windows.items()}
+
     def fit(self) -> dict:
         cfg = self.cfg
         total = cfg.epochs * self.steps_per_epoch
@@ -132,23 +164,24 @@ class Trainer:
             t0 = time.perf_counter()
             self.net.train()
             g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-            perm = torch.randperm(n, generator=g)
+            perm = torch.randperm(n, generator=g)  # the same on every rank: ranks take disjoint shares
             sums: dict[str, float] = {}
             for b in range(self.steps_per_epoch):
-                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                batch = {k: v[idx].to(self.device, non_blocking=True) for k, v in self.windows.items()}
+                batch = self._batch(ddp.shard(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], self.dist))
                 step = epoch * self.steps_per_epoch + b
                 for grp in self.opt.param_groups:
                     grp["lr"] = cfg.lr * _lr_factor(step, total, warm, cfg.schedule)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-                    losses = self.net.loss(batch, self.log_q)
+                    losses = self.model(batch, self.log_q)
                 self.opt.zero_grad(set_to_none=True)
                 losses["total"].backward()
                 torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.clip_norm)
                 self.opt.step()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
-            self.train_seconds += time.perf_counter() - t0
+            # rank 0's clock for everyone, so `max_seconds` stops every rank after the same epoch
+            self.train_seconds = ddp.broadcast(self.train_seconds + time.perf_counter() - t0, self.dist)
+            sums = ddp.mean_over_ranks(sums, self.dist)
             val = self.evaluate(self.valid, self.exclude_seen)[0] if (epoch + 1) % cfg.eval_every == 0 else {}
             rec = {"epoch": epoch, "elapsed_s": round(self.train_seconds, 3),
                    "loss": {k: v / self.steps_per_epoch for k, v in sums.items()}, "validation": val}
@@ -163,46 +196,64 @@ class Trainer:
                 self.log(f"epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']['total']:.4f} "
                          f"val ndcg@10 {val.get('ndcg@10', float('nan')):.4f} hr@10 {val.get('hr@10', float('nan')):.4f} "
                          f"[{self.train_seconds:.1f}s]")
-            if self.ckpt_dir:
-                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-                save_checkpoint(self.ckpt_dir / "last.pt", self._state(epoch))
+            self._checkpoint(epoch)
         if self.best_state is not None:
             self.net.load_state_dict(self.best_state)
         return {"best_epoch": self.best["epoch"], "best_validation_ndcg@10": self.best["ndcg@10"],
                 "train_seconds": round(self.train_seconds, 3), "epochs_run": len(self.history)}
 
     def evaluate(self, ev: dict, exclude_seen: bool = True, batch_size: int = 512) -> tuple[dict, dict, dict]:
-        return evaluate_model(self.net, ev, exclude_seen, batch_size, self.device)
+        return evaluate_model(self.net, ev, exclude_seen, batch_size, self.device, self.item_chunk, self.dist)
+
+
+# measured (MKL sgemm, torch 2.13 CPU): a product over fewer than 12 item columns can round
+# differently from the same columns of the whole product, so a narrow last chunk joins the one before
+MIN_ITEM_CHUNK = 16
 
 
 @torch.no_grad()
 def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_size: int = 512,
-                   device: torch.device | None = None) -> tuple[dict, dict, dict]:
-    """Full-ranking metrics (means, per-user arrays) and auxiliary-head metrics on one split."""
+                   device: torch.device | None = None, item_chunk: int = DEFAULT_ITEM_CHUNK,
+                   dist: DistContext = SINGLE) -> tuple[dict, dict, dict]:
+    """Full-ranking metrics (means, per-user arrays) and auxiliary-head metrics on one split.
+
+    The catalogue is scored `item_chunk` items at a time (models/metrics.py); with several
+    processes each ranks its own block of users and all ranks get the same, gathered result."""
     device = device or next(net.parameters()).device
     net.eval()
     table = net.items.table()
     engage_scores: list[np.ndarray] = []
     attr_scores: list[np.ndarray] = []
+    lo, hi = ddp.user_block(len(ev["target"]), dist) if dist.active else (0, len(ev["target"]))
+    part = eval_slice(ev, lo, hi) if dist.active else ev
 
-    def score(idx: np.ndarray) -> torch.Tensor:
-        h = net.last_state(ev["seq"][idx].to(device), ev["etype"][idx].to(device), ev["gap"][idx].to(device),
-                           ev["user"][idx].to(device), table)
+    def score(idx: np.ndarray) -> ChunkScores:
+        h = net.last_state(part["seq"][idx].to(device), part["etype"][idx].to(device), part["gap"][idx].to(device),
+                           part["user"][idx].to(device), table)
         if net.engage_head is not None:
             engage_scores.append(torch.sigmoid(net.engage_head(h)).squeeze(-1).float().cpu().numpy())
         if net.attr_head is not None:
             attr_scores.append(torch.sigmoid(net.attr_head(h)).float().cpu().numpy())
-        return (h @ table.T).float()
+        # one chunk = the whole catalogue: h @ table.T exactly as before chunking
+        return lambda a, b: (h @ table[a:b].T).float()
 
-    means, per = evaluate_ranking(score, len(ev["target"]), ev["target"], ev["seen"] if exclude_seen else None,
-                                  net.n_items, batch_size)
+    arrays, top = rank_users(score, len(part["target"]), part["target"],
+                             part["seen"] if exclude_seen else None, net.n_items, batch_size, item_chunk,
+                             min_chunk=MIN_ITEM_CHUNK)
+    if dist.active:  # every rank ends with every user's results, in user order
+        parts = ddp.all_gather((arrays, top, engage_scores, attr_scores), dist)
+        arrays = {k: np.concatenate([p[0][k] for p in parts if k in p[0]]) for k in parts[0][0]}
+        top = np.concatenate([p[1] for p in parts])
+        engage_scores = [s for p in parts for s in p[2]]
+        attr_scores = [s for p in parts for s in p[3]]
+    means = summarise(arrays, top, net.n_items)
     aux: dict = {}
     if engage_scores:
         aux["engage"] = binary_metrics(ev["engage"], np.concatenate(engage_scores))
     if attr_scores:  # micro-averaged over (user, attribute) pairs: the next item's genres
         truth = net.attr_target[torch.as_tensor(ev["target"])].numpy()
         aux["attr"] = binary_metrics(truth.ravel(), np.concatenate(attr_scores).ravel())
-    return means, per, aux
+    return means, arrays, aux
 
 
 def progress_printer(prefix: str = ""):

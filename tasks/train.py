@@ -1,22 +1,36 @@
 """Train and evaluate stages: views -> model -> validation-selected weights -> one test pass,
-baselines through the same evaluation, per-user metrics saved for the A/B step."""
+baselines through the same evaluation, per-user metrics saved for the A/B step.
+
+Training on several processes (torch DDP, models/distributed.py): `train_distributed` launches
+`torchrun --standalone --nproc_per_node N -m tasks.train ...` (this module's `main`), whose rank 0
+writes model.pt and the same result dict as `train`. By hand:
+    torchrun --standalone --nproc_per_node 2 -m tasks.train --data DATA_VERSION_DIR --views VIEWS_DIR \
+        --run-dir OUT [--config pipeline.yaml] [--set train.epochs=20 --set model.next_loss=sampled ...]
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from models import distributed as ddp
 from models.baselines import Markov, Popularity
 from models.data import Sequences, eval_inputs
-from models.metrics import evaluate_ranking
+from models.distributed import SINGLE, DistContext
+from models.metrics import DEFAULT_ITEM_CHUNK, evaluate_ranking
 from models.net import ModelConfig, SeqRecNet, param_count
-from models.train import Trainer, TrainConfig, evaluate_model, pick_device, seed_everything
-from seqrec.fsutil import stable_hash
+from models.train import (Trainer, TrainConfig, evaluate_model, pick_device, progress_printer, save_checkpoint,
+                          seed_everything)
+from seqrec.fsutil import stable_hash, write_json_atomic
 from tasks.bundle import load_net
 from tasks.preprocess import read_sequences
 
@@ -25,6 +39,8 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     exclude_seen: bool = True
     batch_size: int = 512
+    item_chunk: int = Field(DEFAULT_ITEM_CHUNK, ge=1, description="items scored at a time in full-ranking "
+                            "evaluation (memory ~ batch_size x item_chunk floats); results do not depend on it")
     baselines: list[str] = ["pop", "markov"]
 
 
@@ -46,31 +62,108 @@ def build_net(data_path: Path, views: Path, mcfg: ModelConfig) -> SeqRecNet:
 
 def checkpoint_key(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int,
                    exclude_seen: bool) -> str:
-    """Identifies a training job by content, so a re-run after a crash finds the job's checkpoint."""
+    """Identifies a training job by content, so a re-run after a crash finds the job's checkpoint
+    (train.processes is part of it: per-rank RNG streams make a DDP job's trajectory its own)."""
     return stable_hash({"data": str(data_path), "views": str(views), "model": mcfg.model_dump(),
                         "train": tcfg.model_dump(exclude={"progress"}), "seed": seed, "exclude_seen": exclude_seen},
                        n=16)
 
 
 def train(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int, run_dir: Path,
-          log=print, exclude_seen: bool = True, ckpt_dir: Path | None = None) -> dict:
+          log=print, exclude_seen: bool = True, ckpt_dir: Path | None = None, dist: DistContext = SINGLE,
+          item_chunk: int = DEFAULT_ITEM_CHUNK) -> dict:
     """Fit (resuming from `ckpt_dir`/last.pt when a killed run left one), save model.pt in run_dir,
-    then drop the checkpoint: the job is done."""
+    then drop the checkpoint: the job is done. With `tcfg.processes` > 1 this launches torchrun
+    (train_distributed), whose workers call this again with their `dist` (process group started):
+    rank 0 writes the files, every rank returns the same dict."""
     import shutil
 
+    if tcfg.processes > 1 and not dist.active:
+        return train_distributed(data_path, views, mcfg, tcfg, seed, run_dir, tcfg.processes, log, exclude_seen,
+                                 ckpt_dir, item_chunk)
     seed_everything(seed)
     net = build_net(data_path, views, mcfg)
     seqs = load_sequences(data_path, views)
     ckpt_dir = Path(ckpt_dir or Path(run_dir) / "checkpoints")
-    trainer = Trainer(net, seqs, tcfg, seed, ckpt_dir, log, exclude_seen)
+    trainer = Trainer(net, seqs, tcfg, seed, ckpt_dir, log, exclude_seen, dist, item_chunk)
     resumed = trainer.try_resume()
     fit = trainer.fit()
     model_path = Path(run_dir) / "model.pt"
-    torch.save(net.state_dict(), model_path)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return {**fit, "history": trainer.history, "model_path": str(model_path), "parameters": param_count(net),
-            "resumed": resumed,
-            "device": str(trainer.device), "training_windows": int(len(trainer.windows["seq"]))}
+    if dist.is_main:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model_path, net.state_dict())
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    out = {**fit, "history": trainer.history, "model_path": str(model_path), "parameters": param_count(net),
+           "resumed": resumed,
+           "device": str(trainer.device), "training_windows": int(len(trainer.windows["seq"]))}
+    if dist.active:
+        out["world_size"] = dist.world_size
+    return out
+
+
+def train_distributed(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int, run_dir: Path,
+                      nproc: int, log=print, exclude_seen: bool = True, ckpt_dir: Path | None = None,
+                      item_chunk: int = DEFAULT_ITEM_CHUNK) -> dict:
+    """`train` on `nproc` local processes (torchrun, DDP: gloo on CPU, NCCL on GPUs). Returns rank
+    0's result dict; raises with the tail of the workers' output when the launch fails."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = run_dir / "ddp_job.json"
+    result = run_dir / "train_result.json"
+    result.unlink(missing_ok=True)
+    write_json_atomic(job, {"seed": seed, "model": mcfg.model_dump(),
+                            "train": tcfg.model_copy(update={"processes": nproc}).model_dump(),
+                            "eval": {"exclude_seen": exclude_seen, "item_chunk": item_chunk}})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "tasks.train", "--data", str(data_path), "--views", str(views), "--run-dir", str(run_dir),
+           "--config", str(job), "--result", str(result)]
+    if ckpt_dir:
+        cmd += ["--ckpt-dir", str(ckpt_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(ddp.threads_per_process(tcfg.threads, DistContext(0, nproc)))}
+    tail: deque[str] = deque(maxlen=60)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1]) as proc:
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            if line.startswith("[rank0] "):
+                log(line[len("[rank0] "):].rstrip())
+        rc = proc.wait()
+    if rc != 0 or not result.is_file():
+        raise RuntimeError(f"distributed training failed (exit {rc}): " + "\n".join(tail))
+    return json.loads(result.read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One torchrun worker: configs as in `seqrec run` (--config YAML/JSON, --set dotted.key=value)."""
+    import argparse
+
+    from flows.config import load_config
+
+    ap = argparse.ArgumentParser(prog="torchrun --standalone --nproc_per_node N -m tasks.train",
+                                 description="train on a data version's views, data-parallel over the "
+                                             "launched processes")
+    ap.add_argument("--data", required=True, help="a data version directory (sequences.parquet, meta.json)")
+    ap.add_argument("--views", required=True, help="its views directory (tasks/features.py)")
+    ap.add_argument("--run-dir", required=True, help="model.pt (and the checkpoints by default) go here")
+    ap.add_argument("--config", help="pipeline config file; only seed, model, train and eval are used")
+    ap.add_argument("--set", action="append", default=[], help="override: dotted.key=value")
+    ap.add_argument("--ckpt-dir", help="checkpoint directory (default RUN_DIR/checkpoints)")
+    ap.add_argument("--result", help="rank 0 writes the result JSON here (default RUN_DIR/train_result.json)")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    ctx = ddp.from_env()
+    if ctx.active:
+        ddp.exit_with_launcher()
+    ddp.start(ctx, pick_device(cfg.train, ctx))
+    # a rank that fails exits non-zero and torchrun stops the others: no barrier on that path
+    # the launch decides the process count (train.processes is what asks for one)
+    tcfg = cfg.train.model_copy(update={"processes": ctx.world_size})
+    res = train(Path(args.data), Path(args.views), cfg.model, tcfg, cfg.seed, Path(args.run_dir),
+                log=progress_printer(f"[rank{ctx.rank}] "), exclude_seen=cfg.eval.exclude_seen,
+                ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None, dist=ctx, item_chunk=cfg.eval.item_chunk)
+    if ctx.is_main:
+        write_json_atomic(Path(args.result or Path(args.run_dir) / "train_result.json"), res)
+    ddp.stop(ctx)
 
 
 def evaluate(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, ecfg: EvalConfig,
@@ -84,7 +177,7 @@ def evaluate(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig,
     per_user = {}
     for split in ("validation", "test"):
         ev = eval_inputs(seqs, mcfg.max_len, split)
-        means, per, aux = evaluate_model(net, ev, ecfg.exclude_seen, ecfg.batch_size)
+        means, per, aux = evaluate_model(net, ev, ecfg.exclude_seen, ecfg.batch_size, item_chunk=ecfg.item_chunk)
         out[split] = means
         out["aux"][split] = aux
         per_user[split] = (ev, per)
@@ -94,9 +187,10 @@ def evaluate(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig,
         out["baselines"][name] = {}
         for split in ("validation", "test"):
             ev = per_user[split][0]
+            # baselines score whole rows (B x n_items); only the ranking works in item chunks
             means, per = evaluate_ranking(lambda idx: model.score([ev["history"][i] for i in idx]), len(ev["target"]),
                                           ev["target"], ev["seen"] if ecfg.exclude_seen else None, net.n_items,
-                                          ecfg.batch_size)
+                                          ecfg.batch_size, ecfg.item_chunk)
             out["baselines"][name][split] = means
             if split == "test":
                 per_user[f"test_{name}"] = (ev, per)
@@ -110,3 +204,11 @@ def evaluate(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig,
     frame.to_parquet(path, index=False)
     out["per_user_metrics"] = str(path)
     return out
+
+
+if __name__ == "__main__":
+    # run as a program by torchrun: go through the importable module, so the config classes are
+    # the ones flows.config validates against (not a second copy under __main__)
+    from tasks.train import main as _main
+
+    _main()

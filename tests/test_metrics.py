@@ -91,3 +91,67 @@ def test_gated_fusion_never_drops_the_sequence_path():
     h_a = net.encode(seq_a, ones, ones, user)[:, -1]
     h_b = net.encode(seq_b, ones, ones, user)[:, -1]
     assert not torch.allclose(h_a, h_b, atol=1e-3)
+
+
+def _reference(scores: torch.Tensor, targets: np.ndarray, seen, n_items: int) -> tuple[dict, float]:
+    """One pass over the whole matrix: exact ranks, and top-10 by (score desc, item asc) without masked items."""
+    s = mask_scores(scores, seen, torch.as_tensor(targets))
+    per = per_user_metrics(ranks(s, torch.as_tensor(targets)))
+    tops = [[j for j in np.lexsort((np.arange(n_items), -row.numpy()))[:10] if row[j] > -np.inf] for row in s]
+    return per, len(np.unique(np.concatenate(tops))) / (n_items - 2)
+
+
+def test_item_chunked_ranking_equals_one_pass_with_ties_and_masking():
+    """Chunk sizes that do and do not divide the catalogue, heavy ties (integer scores), repeats of
+    seen items as targets, targets on the pad/unknown indices: the same ranks and coverage as one pass."""
+    rng = np.random.default_rng(3)
+    for n_users, n_items, levels in [(50, 37, 3), (70, 64, 40), (33, 101, 1_000_000)]:
+        scores = torch.as_tensor(rng.integers(0, levels, (n_users, n_items)), dtype=torch.float32)
+        targets = rng.integers(0, n_items, n_users)
+        seen = [np.unique(np.r_[rng.integers(0, n_items, rng.integers(0, 12)), targets[u]] if u % 3 == 0 else
+                          rng.integers(0, n_items, rng.integers(0, 12))) for u in range(n_users)]
+        for exclude in (True, False):
+            sn = seen if exclude else None
+            ref_per, ref_cov = _reference(scores, targets, sn, n_items)
+            one, per1 = evaluate_ranking(lambda idx: scores[idx], n_users, targets, sn, n_items, batch_size=16)
+            assert one["coverage@10"] == ref_cov
+            assert all(np.array_equal(per1[k], ref_per[k]) for k in ref_per)
+            for chunk in (1, 2, 3, 7, 10, 16, n_items - 1, n_items, n_items + 5):
+                for batch in (16, 64):
+                    m, per = evaluate_ranking(lambda idx: scores[idx], n_users, targets, sn, n_items, batch, chunk)
+                    assert m == one, (n_items, exclude, chunk, batch)
+                    assert all(np.array_equal(per[k], per1[k]) for k in per1)
+
+
+def test_chunked_scorer_sees_each_item_once_and_bounded_chunks():
+    from models.metrics import evaluate_ranking_chunked
+
+    rng = np.random.default_rng(0)
+    table = torch.as_tensor(rng.random((20, 1000)), dtype=torch.float32)
+    targets = rng.integers(2, 1000, 20)
+    calls: list[tuple[int, int]] = []
+
+    def scorer(idx):
+        def chunk(lo, hi):
+            calls.append((lo, hi))
+            return table[idx, lo:hi].clone()
+        return chunk
+
+    m, _ = evaluate_ranking_chunked(scorer, 20, targets, None, 1000, batch_size=20, item_chunk=300)
+    assert calls == [(0, 300), (300, 600), (600, 900), (900, 1000)]
+    assert m == evaluate_ranking(lambda idx: table[idx], 20, targets, None, 1000)[0]
+
+
+def test_top_k_keeps_the_lower_item_on_ties_across_chunks():
+    from models.metrics import item_chunks, top_k
+
+    row = torch.tensor([[1.0, 3.0, 2.0, 3.0, 3.0, 0.0, 3.0]])
+    items = torch.arange(7).expand(1, -1)
+    v, i = top_k(row, items, 3)
+    assert i.tolist() == [[1, 3, 4]] and v.tolist() == [[3.0, 3.0, 3.0]]
+    best_v, best_i = torch.empty(1, 0), torch.empty(1, 0, dtype=torch.long)
+    for lo, hi in item_chunks(7, 2):
+        cv, ci = top_k(row[:, lo:hi], items[:, lo:hi], 3)
+        best_v, best_i = top_k(torch.cat([best_v, cv], 1), torch.cat([best_i, ci], 1), 3)
+    assert best_i.tolist() == [[1, 3, 4]]
+    assert item_chunks(10, 4) == [(0, 4), (4, 8), (8, 10)] and item_chunks(10, 4, min_width=3) == [(0, 4), (4, 10)]
