@@ -76,6 +76,16 @@ def case_out_of_range_value(tmp):
     return run_cfg(_events(tmp, _with(value=(4, 1e12)))), "value", "within"
 
 
+def case_infinite_value(tmp):
+    return run_cfg(_events(tmp, _with(value=(4, float("inf"))), fmt="parquet")), "value", "finite"
+
+
+def case_nan_numeric_user_attribute(tmp):
+    pd.DataFrame({"user_id": ["a", "b", "c"], "age": [30, float("inf"), 20]}).to_parquet(tmp / "users.parquet")
+    return (run_cfg(_events(tmp), users=str(tmp / "users.parquet"), data__schema={"user_numeric": ["age"]}),
+            "age", "finite")
+
+
 def case_unknown_items(tmp):
     pd.DataFrame({"item_id": ["x", "y", "z"]}).to_csv(tmp / "items.csv", index=False)
     return run_cfg(_events(tmp), items=str(tmp / "items.csv")), "item_id", "items table"
@@ -184,6 +194,10 @@ def _cfg_nan_learning_rate(tmp, wd):
     return {"train__lr": float("nan")}, "train.lr", "finite"
 
 
+def _cfg_unknown_key(tmp, wd):
+    return {"train__epochz": 3}, "train.epochz", "Extra inputs are not permitted"
+
+
 def _cfg_workdir_is_a_file(tmp, wd):
     wd.write_text("not a directory")
     return {}, "--workdir", "must be a directory"
@@ -210,7 +224,7 @@ def test_hostile_config_is_refused_before_anything_is_written(case, tmp_path, pr
     with pytest.raises(ConfigError) as e:
         check_paths(validate_config(tree), wd)
     assert key in str(e.value) and rule in str(e.value), str(e.value)
-    if key != "train.lr":  # a config that validates is also refused by the flow itself (deployments)
+    if key not in ("train.lr", "train.epochz"):  # a config that validates is also refused by the flow itself (deployments)
         state = training_flow(config=validate_config(tree), workdir=str(wd), run_id="r1", return_state=True)
         assert state.is_failed() and key in str(state.message) + repr(state.result(raise_on_failure=False))
     assert (sorted(p.name for p in wd.iterdir()) if wd.is_dir() else None) == before, "the work directory was written"
