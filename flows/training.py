@@ -149,7 +149,8 @@ def train_task(data_path: str, views: Path, config: PipelineConfig, run_dir: Pat
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     with waiting_lock(Path(str(ckpt) + ".lock"), log.info, f"another run is training the same job ({ckpt}); waiting"):
         return train(Path(data_path), views, config.model, config.train, config.seed, run_dir,
-                     log=log.info, exclude_seen=config.eval.exclude_seen, ckpt_dir=ckpt)
+                     log=log.info, exclude_seen=config.eval.exclude_seen, ckpt_dir=ckpt,
+                     item_chunk=config.eval.item_chunk)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

@@ -15,6 +15,10 @@ class Popularity:
     def score(self, histories: list[np.ndarray]) -> torch.Tensor:
         return self.scores.expand(len(histories), -1)
 
+    def chunk_scorer(self, histories: list[np.ndarray]):
+        """(lo, hi) -> the same scores as `score`, for items lo..hi only (1M-item catalogues)."""
+        return lambda lo, hi: self.scores[lo:hi].expand(len(histories), -1).clone()
+
 
 class Markov:
     """P(next | last) from training transitions, backed off to popularity for unseen contexts."""
@@ -29,5 +33,14 @@ class Markov:
         self.pop = torch.as_tensor(pop / pop.sum() * backoff)
 
     def score(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return torch.as_tensor(self._rows(histories).toarray(), dtype=torch.float32) + self.pop
+
+    def chunk_scorer(self, histories: list[np.ndarray]):
+        """(lo, hi) -> the same scores as `score`, for items lo..hi only: the transition rows stay
+        sparse, so a batch never densifies the whole catalogue."""
+        rows = self._rows(histories).tocsc()
+        return lambda lo, hi: torch.as_tensor(rows[:, lo:hi].toarray(), dtype=torch.float32) + self.pop[lo:hi]
+
+    def _rows(self, histories: list[np.ndarray]) -> sp.csr_matrix:
         last = np.array([h[-1] if len(h) else 0 for h in histories])
-        return torch.as_tensor(self.trans[last].toarray(), dtype=torch.float32) + self.pop
+        return self.trans[last]

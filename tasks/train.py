@@ -26,7 +26,7 @@ from models import distributed as ddp
 from models.baselines import Markov, Popularity
 from models.data import Sequences, eval_inputs
 from models.distributed import SINGLE, DistContext
-from models.metrics import DEFAULT_ITEM_CHUNK, evaluate_ranking
+from models.metrics import DEFAULT_ITEM_CHUNK, evaluate_ranking_chunked
 from models.net import ModelConfig, SeqRecNet, param_count
 from models.train import (Trainer, TrainConfig, evaluate_model, pick_device, progress_printer, save_checkpoint,
                           seed_everything)
@@ -187,10 +187,10 @@ def evaluate(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig,
         out["baselines"][name] = {}
         for split in ("validation", "test"):
             ev = per_user[split][0]
-            # baselines score whole rows (B x n_items); only the ranking works in item chunks
-            means, per = evaluate_ranking(lambda idx: model.score([ev["history"][i] for i in idx]), len(ev["target"]),
-                                          ev["target"], ev["seen"] if ecfg.exclude_seen else None, net.n_items,
-                                          ecfg.batch_size, ecfg.item_chunk)
+            means, per = evaluate_ranking_chunked(lambda idx: model.chunk_scorer([ev["history"][i] for i in idx]),
+                                                  len(ev["target"]), ev["target"],
+                                                  ev["seen"] if ecfg.exclude_seen else None, net.n_items,
+                                                  ecfg.batch_size, ecfg.item_chunk)
             out["baselines"][name][split] = means
             if split == "test":
                 per_user[f"test_{name}"] = (ev, per)

@@ -38,6 +38,27 @@ def synth_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def synth_version(synth_dir, tmp_path_factory) -> Path:
+    """The small synthetic log preprocessed and validated into a data version (shared by the model,
+    metric and distributed-training tests)."""
+    from tasks.dask_cluster import DaskConfig, dask_client
+    from tasks.preprocess import PreprocessConfig, preprocess
+    from tasks.sources import SYNTH_SCHEMA, DataConfig, resolve_inputs
+    from tasks.validate import validate_processed, validate_raw
+    from validation.config import ValidationConfig
+
+    wd = tmp_path_factory.mktemp("wd")
+    with dask_client(DaskConfig(processes=False, n_workers=1), wd) as client:
+        inputs = resolve_inputs(DataConfig(source="files", events=str(synth_dir / "events"),
+                                           users=str(synth_dir / "users.parquet"), items=str(synth_dir / "items.parquet"),
+                                           schema=SYNTH_SCHEMA.model_dump()))
+        raw = validate_raw(inputs, ValidationConfig(), client, wd / "run")
+        res = preprocess(inputs, PreprocessConfig(), ValidationConfig(), client, wd)
+        validate_processed(res, ValidationConfig(), raw, wd / "run")
+    return Path(res.path)
+
+
 def small_events() -> pd.DataFrame:
     """A hand-checkable log: ties on timestamp, an exact duplicate, a short user, unsorted rows."""
     return pd.DataFrame({

@@ -20,13 +20,8 @@ import torch
 
 from models.net import ModelConfig
 from models.train import TrainConfig, evaluate_model
-from tasks.dask_cluster import DaskConfig, dask_client
 from tasks.features import ViewsConfig, build_views
-from tasks.preprocess import PreprocessConfig, preprocess
-from tasks.sources import DataConfig, resolve_inputs
 from tasks.train import build_net, load_sequences, train, train_distributed
-from tasks.validate import validate_processed, validate_raw
-from validation.config import ValidationConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ModelConfig(dim=32, layers=1, heads=2, max_len=20)
@@ -42,21 +37,9 @@ QUALITY_TOLERANCE = 0.03
 
 
 @pytest.fixture(scope="module")
-def data(synth_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """The small synthetic data version and its views (the pattern of tests/test_model.py)."""
-    wd = tmp_path_factory.mktemp("wd")
-    with dask_client(DaskConfig(processes=False, n_workers=1), wd) as client:
-        inputs = resolve_inputs(DataConfig(source="files", events=str(synth_dir / "events"),
-                                           users=str(synth_dir / "users.parquet"),
-                                           items=str(synth_dir / "items.parquet"),
-                                           schema={"user_categorical": ["gender", "country"], "user_numeric": ["age"],
-                                                   "item_categorical": ["brand"], "item_multi": ["genres"],
-                                                   "item_numeric": ["price", "year"], "item_text": ["title"]}))
-        raw = validate_raw(inputs, ValidationConfig(), client, wd / "run")
-        res = preprocess(inputs, PreprocessConfig(), ValidationConfig(), client, wd)
-        validate_processed(res, ValidationConfig(), raw, wd / "run")
-    data_path = Path(res.path)
-    return data_path, build_views(data_path, ViewsConfig(text_encoder="tfidf"), wd / "cache")
+def data(synth_version, tmp_path_factory) -> tuple[Path, Path]:
+    """The small synthetic data version (conftest) and its views."""
+    return synth_version, build_views(synth_version, ViewsConfig(text_encoder="tfidf"), tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,17 @@ def test_baselines_score_as_defined():
     assert mk[0, 3] == 1.0 and mk[0, 4] == 0.0  # after 2 always came 3
 
 
+def test_baseline_chunk_scorers_equal_whole_rows():
+    """Pop and Markov score 1M-item catalogues chunk by chunk; every chunk equals the whole row's slice."""
+    rng = np.random.default_rng(1)
+    train = [rng.integers(2, 40, rng.integers(2, 12)) for _ in range(60)]
+    hist = [t[: rng.integers(1, len(t) + 1)] for t in train[:7]]
+    for model in (Popularity(train, 40), Markov(train, 40)):
+        whole, chunk = model.score(hist), model.chunk_scorer(hist)
+        for lo, hi in ((0, 13), (13, 26), (26, 40), (0, 40)):
+            assert torch.equal(chunk(lo, hi), whole[:, lo:hi])
+
+
 def test_binary_metrics():
     out = binary_metrics(np.array([0, 1, 1, 0]), np.array([0.1, 0.8, 0.4, 0.6]))
     assert out["precision"] == 0.5 and out["recall"] == 0.5 and out["auc"] == 0.75

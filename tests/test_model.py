@@ -12,31 +12,16 @@ import pytest
 
 from models.net import ModelConfig
 from models.train import TrainConfig
-from tasks.dask_cluster import DaskConfig, dask_client
 from tasks.features import ViewsConfig, build_views
-from tasks.preprocess import PreprocessConfig, preprocess
-from tasks.sources import DataConfig, resolve_inputs
 from tasks.train import EvalConfig, evaluate, train
-from tasks.validate import validate_processed, validate_raw
-from validation.config import ValidationConfig
 
 FAST = TrainConfig(epochs=3, batch_size=64, threads=1, progress=False)
 SMALL = ModelConfig(dim=32, layers=1, heads=2, max_len=20)
 
 
 @pytest.fixture(scope="module")
-def data_path(synth_dir, tmp_path_factory) -> Path:
-    wd = tmp_path_factory.mktemp("wd")
-    with dask_client(DaskConfig(processes=False, n_workers=1), wd) as client:
-        inputs = resolve_inputs(DataConfig(source="files", events=str(synth_dir / "events"),
-                                           users=str(synth_dir / "users.parquet"), items=str(synth_dir / "items.parquet"),
-                                           schema={"user_categorical": ["gender", "country"], "user_numeric": ["age"],
-                                                   "item_categorical": ["brand"], "item_multi": ["genres"],
-                                                   "item_numeric": ["price", "year"], "item_text": ["title"]}))
-        raw = validate_raw(inputs, ValidationConfig(), client, wd / "run")
-        res = preprocess(inputs, PreprocessConfig(), ValidationConfig(), client, wd)
-        validate_processed(res, ValidationConfig(), raw, wd / "run")
-    return Path(res.path)
+def data_path(synth_version) -> Path:
+    return synth_version
 
 
 def test_views_never_see_validation_or_test_events(data_path, tmp_path):
