@@ -42,8 +42,22 @@ class TrainConfig(BaseModel):
     bf16: bool = True
     deterministic: bool = Field(True, description="torch deterministic algorithms: with more than one CPU thread "
                                                   "some kernels accumulate in a varying order otherwise")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the self-attention block: "
+                                                   "auto = on CUDA only; never the LSTM (it does not compile)")
     eval_every: int = 1
     progress: bool = True
+
+
+def compile_attention(net: SeqRecNet, cfg: TrainConfig, device: torch.device) -> bool:
+    """Compile the self-attention block in place (its state_dict keys do not change, so checkpoints
+    and bundles stay compatible). STACK_NOTES: the LSTM does not compile; attention/MLP parts do.
+    `auto` compiles on CUDA only: on this 2-core CPU a cold compile took 57 s and the compiled epochs
+    were ~10% slower than eager (BENCHMARKS.md, benchmarks/compile_bench.py)."""
+    want = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+    if not want or net.attn is None:
+        return False
+    net.attn.compile()
+    return True
 
 
 def seed_everything(seed: int) -> None:
@@ -95,6 +109,7 @@ class Trainer:
         self.item_chunk = item_chunk
         self.device = pick_device(cfg, dist)
         self.net.to(self.device)
+        self.compiled = compile_attention(net, cfg, self.device)
         self.model = ddp.wrap(net, dist, self.device)  # the training step; `net` for everything else
         ddp.decorrelate_rng(seed, dist)
         self.ckpt_dir = ckpt_dir

@@ -26,6 +26,9 @@ def _env_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "true")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    # the ephemeral Prefect server's 20 s start-up budget ran out on a busy 2-core machine (CI,
+    # during the test suite): a run should wait for its own server, not fail
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     import logging
 
     for name in ("great_expectations", "distributed", "distributed.scheduler", "distributed.nanny"):

@@ -66,7 +66,7 @@ def _input(key: str, value: str, kind: str) -> Path:
     if glob.has_magic(str(value)):
         return Path(os.path.abspath(os.path.expanduser(value)))  # a pattern: expanded (and checked) at ingest
     if not p.exists():
-        raise ConfigError(f"{key}: {value} does not exist (resolved to {p})")
+        raise ConfigError(f"{key}: {value} does not exist (resolved to {p}); rule: input paths must exist")
     if kind == "dir" and not p.is_dir():
         raise ConfigError(f"{key}: {p} must be a directory")
     if not os.access(p, os.R_OK):

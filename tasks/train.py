@@ -95,7 +95,8 @@ def train(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, se
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     out = {**fit, "history": trainer.history, "model_path": str(model_path), "parameters": param_count(net),
            "resumed": resumed,
-           "device": str(trainer.device), "training_windows": int(len(trainer.windows["seq"]))}
+           "device": str(trainer.device), "compiled": trainer.compiled,
+           "training_windows": int(len(trainer.windows["seq"]))}
     if dist.active:
         out["world_size"] = dist.world_size
     return out

@@ -52,8 +52,8 @@ def test_run_ml100k_until_preprocess_then_reuse(tmp_path, cache_dir):
 def test_run_on_missing_files_exits_nonzero_with_named_file(tmp_path, cache_dir):
     out = _run(["run", "--workdir", "wd", "--summary-json", "s.json", "--set", "data.source=files",
                 "--set", "data.events=/no/such/dir"], tmp_path, cache_dir)
-    assert out.returncode == 1
+    assert out.returncode == 2  # a config error: paths are checked before anything runs
     s = json.loads((tmp_path / "s.json").read_text())
-    assert s["failed_stage"] == "ingest" and "/no/such/dir" in s["error"] and "rule:" in s["error"]
+    assert s["failed_stage"] == "config" and "data.events" in s["error"] and "rule:" in s["error"]
     assert "/no/such/dir" in out.stderr
-    assert not (tmp_path / "wd" / "data").exists()
+    assert not (tmp_path / "wd").exists()

@@ -86,6 +86,7 @@ def _cli(data_path: Path, views: Path, run_dir: Path, ckpt: Path) -> list[str]:
             "--ckpt-dir", str(ckpt), *[x for s in sets for x in ("--set", s)]]
 
 
+@pytest.mark.slow
 def test_killed_ddp_run_resumes_to_the_same_history(runs, data):
     """SIGKILL to torchrun after a checkpoint (its workers must die with it), then the same job
     again: every rank's RNG stream, the optimiser and the history continue where they were."""
