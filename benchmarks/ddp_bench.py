@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks.proctree import run_tree  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,24 +65,6 @@ done.set(); th.join()
 print(json.dumps({"seconds": secs, "rss_before_gb": base / 2**30, "peak_increase_gb": (peak[0] - base) / 2**30,
                   "ndcg@10": means["ndcg@10"], "coverage@10": means["coverage@10"]}))
 """
-
-
-def run_tree(cmd: list[str], env: dict[str, str]) -> tuple[str, float, float]:
-    """(stdout, wall seconds, peak summed RSS in GiB of the process and its children)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)]))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[:6]} failed ({proc.returncode}): {err[-3000:]}")
-    return out, time.perf_counter() - t0, peak / 2**30
 
 
 def prepare(out: Path, users: int, items: int, events: int) -> tuple[Path, Path]:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import os
 import sys
 import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks.proctree import run_tree  # noqa: E402
 
 CHILD = r"""
 import json, sys, time, shutil
@@ -59,24 +60,10 @@ print(json.dumps({"seconds": time.perf_counter() - t, "events": events, "stages"
 
 def measure(method: str, data: Path, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, method, str(data), str(work)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            rss = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{method} failed: {err[-2000:]}")
+    out, wall, peak_gb = run_tree([sys.executable, "-c", CHILD, method, str(data), str(work)], dict(os.environ))
     res = json.loads(out.strip().splitlines()[-1])
-    return {"method": method, "stage_s": round(res["seconds"], 2), "process_s": round(time.perf_counter() - t0, 2),
-            "peak_rss_gb": round(peak / 2**30, 3), "events": res["events"], "stages": res["stages"]}
+    return {"method": method, "stage_s": round(res["seconds"], 2), "process_s": round(wall, 2),
+            "peak_rss_gb": round(peak_gb, 3), "events": res["events"], "stages": res["stages"]}
 
 
 def main() -> None:
