@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import ab_artifact, quality_artifact, summary_artifact
 from flows.config import PipelineConfig
 from seqrec.errors import SeqrecError
-from seqrec.fsutil import stable_hash, write_json_atomic
+from seqrec.fsutil import sole_writer, stable_hash, write_json_atomic
 from tasks import preprocess as pre
 from tasks import sources, validate
 from tasks.dask_cluster import dask_client, stage_client
@@ -102,17 +102,12 @@ def build_features(run: "Runner", data_path: str, vcfg, cache_dir: Path, storage
                    log=print) -> tuple[Path, bool]:
     """The three view stages concurrently, then the combined write; a Prefect cache hit (keyed by the
     views' content hash) skips all of it when the views directory exists."""
-    from seqrec.fsutil import sweep, waiting_lock
     from tasks.features import views_path
 
     out = views_path(Path(data_path), vcfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
     # one writer per views directory; a writer killed mid-write left only its hidden temp directory
-    with waiting_lock(out.parent / f".{out.name}.lock", log, f"another run is writing views {out}; waiting"):
+    with sole_writer(out, f".{out.name}.tmp-*", log, "views"):
         exists = out.is_dir()
-        if not exists:
-            for name in sweep(out.parent, f".{out.name}.tmp-*"):
-                log(f"removed {name}: left by a run that died while writing views")
         combine = features_task.with_options(result_storage=storage, refresh_cache=refresh or not exists)
         if exists and not refresh:  # an expected cache hit: looked up in the flow process
             return Path(Runner(None)(combine, data_path=data_path, vcfg=vcfg, views=None)), True
@@ -301,7 +296,7 @@ def _pipeline(run: Runner, config: PipelineConfig, wd: Path, run_dir: Path, inpu
     version = pre.data_version(inputs, config.preprocess, config.validation)
     # one writer per data version: a second run waits, then finds it; a writer killed earlier left only
     # an invisible staging directory, removed here (no live writer can own it while we hold the lock)
-    with data_version_lock(wd / "data", version, log.info):
+    with sole_writer(wd / "data" / version, f".staging-{version}-*", log.info, "data version"):
         result = _preprocess_and_validate(run, local, config, wd, run_dir, inputs, raw, qrules, version, summary,
                                           storage, refresh, log)
     if until in ("preprocess", "validate_processed"):
@@ -359,18 +354,6 @@ def _pipeline(run: Runner, config: PipelineConfig, wd: Path, run_dir: Path, inpu
             summary.data["champion"] = registry.champion()
     _artifact(ab_artifact, summary.data)
     _log_run_artifacts(registry.client, reg["mlflow_run_id"], run_dir, summary)
-
-
-@contextlib.contextmanager
-def data_version_lock(data_dir: Path, version: str, log):
-    from seqrec.fsutil import sweep, waiting_lock
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with waiting_lock(data_dir / f".{version}.lock", log, f"another run is writing data version {version}; waiting"):
-        if not (data_dir / version).is_dir():
-            for name in sweep(data_dir, f".staging-{version}-*"):
-                log(f"removed {name}: left by a run that died while preprocessing")
-        yield
 
 
 def _preprocess_and_validate(run: "Runner", local: "Runner", config: PipelineConfig, wd: Path, run_dir: Path,

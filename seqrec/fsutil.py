@@ -114,3 +114,17 @@ def sweep(parent: Path, pattern: str) -> list[str]:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         removed.append(p.name)
     return removed
+
+
+@contextlib.contextmanager
+def sole_writer(final: Path, leftovers: str, log, what: str):
+    """Be the only writer of the content-addressed directory `final` (a lock next to it; another
+    writer waits with a message). If `final` does not exist yet, whatever matches `leftovers` next to
+    it was left by a writer that died (none can be alive while we hold the lock) and is removed."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with waiting_lock(final.parent / f".{final.name}.lock", log, f"another run is writing {what} {final}; waiting"):
+        if not final.is_dir():
+            for name in sweep(final.parent, leftovers):
+                log(f"removed {name}: left by a run that died while writing {what}")
+        yield
