@@ -40,6 +40,10 @@ class ModelConfig(BaseModel):
                             "correction, or auto = sampled above `sampled_softmax_above` items")
     sampled_softmax_above: int = Field(200_000, description="catalogue size above which `auto` samples negatives")
     n_negatives: int = Field(1024, ge=1, description="negatives per batch for the sampled softmax (shared)")
+    repeat_bias: bool = Field(
+        True, description="learned score offset for items already in the input window, one per recency "
+                          "bucket (RepeatNet-style repeat/explore): the model learns from the training "
+                          "targets how likely a user is to return to an item seen k events ago")
 
 
 @dataclass
@@ -191,6 +195,7 @@ class SeqRecNet(nn.Module):
         self.engage_head = nn.Linear(d, 1) if cfg.engage_task else None
         self.log_vars = nn.Parameter(torch.zeros(3)) if cfg.uncertainty_weighting else None
         self.attr_target = items.attr_target if items is not None else None
+        self.repeat_bias = nn.Parameter(torch.zeros(recency_buckets(cfg.max_len))) if cfg.repeat_bias else None
 
     def encode(self, seq: torch.Tensor, etype: torch.Tensor, gap: torch.Tensor, users: torch.Tensor,
                table: torch.Tensor | None = None) -> torch.Tensor:
@@ -223,6 +228,18 @@ class SeqRecNet(nn.Module):
     def scores(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return h @ table.T
 
+    def rank_scores(self, h: torch.Tensor, seq: torch.Tensor, table: torch.Tensor, lo: int = 0,
+                    hi: int | None = None) -> torch.Tensor:
+        """Scores of items lo..hi-1 after the last position of `seq`: (B, hi - lo). Every ranking
+        path (evaluation, serving, the A/B re-score) goes through here, so they score alike."""
+        s = h @ table[lo:hi].T
+        if self.repeat_bias is None:
+            return s
+        rows, item, bucket = history_pairs(seq, last_only=True)
+        keep = (item >= lo) & (item < (self.n_items if hi is None else hi))
+        return s.index_put((rows[keep], item[keep] - lo), self.repeat_bias[bucket[keep]].to(s.dtype),
+                           accumulate=True)
+
     def sampled_next_loss(self) -> bool:
         """Whether the next-item head trains with sampled softmax (needs item log-frequencies)."""
         return self.cfg.next_loss == "sampled" or (self.cfg.next_loss == "auto"
@@ -252,12 +269,18 @@ class SeqRecNet(nn.Module):
             h = self.encode(local[1:1 + n_seq].view_as(seq), batch["etype"], batch["gap"], batch["user"], rows)
             hv = h[valid]
             tl, nl = local[1 + n_seq:1 + n_seq + len(tv)], local[1 + n_seq + len(tv):]
-            next_loss = _sampled_softmax(hv, tv, neg, rows[tl], rows[nl], item_log_q)
+            bias = self._sampled_repeat_bias(seq, valid, tv, neg)
+            next_loss = _sampled_softmax(hv, tv, neg, rows[tl], rows[nl], item_log_q, bias)
         else:
             table = self.items.table()
             h = self.encode(batch["seq"], batch["etype"], batch["gap"], batch["user"], table)
             hv = h[valid]
             logits = self.scores(hv, table)
+            if self.repeat_bias is not None:
+                r, item, bucket = self._valid_pairs(batch["seq"], valid)
+                # in place: the (positions x catalogue) matrix is the step's biggest; matmul's
+                # backward does not need its output, so autograd allows it
+                logits.index_put_((r, item), self.repeat_bias[bucket].to(logits.dtype), accumulate=True)
             logits[:, :2] = -1e9  # never predict padding / unknown
             next_loss = F.cross_entropy(logits.float(), tv)
         losses = {"next": next_loss}
@@ -276,17 +299,80 @@ class SeqRecNet(nn.Module):
         losses["total"] = total
         return losses
 
+    def _valid_pairs(self, seq: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """history_pairs of the trained positions, their row numbering that of h[valid]."""
+        pos, item, bucket = history_pairs(seq)
+        flat = valid.flatten()
+        row_of = torch.cumsum(flat, 0) - 1
+        keep = flat[pos]
+        return row_of[pos[keep]], item[keep], bucket[keep]
+
+    def _sampled_repeat_bias(self, seq: torch.Tensor, valid: torch.Tensor, tv: torch.Tensor,
+                             neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The repeat bias of each trained position's target (n,) and of the shared negatives (n, K),
+        looked up by (row, item) key: the (n x catalogue) matrix is what sampling avoids."""
+        if self.repeat_bias is None:
+            return None
+        r, item, bucket = self._valid_pairs(seq, valid)
+        keys, order = torch.sort(r * self.n_items + item)
+        vals = self.repeat_bias[bucket[order]]
+        row = torch.arange(len(tv), device=tv.device)
+        return (_lookup(keys, vals, row * self.n_items + tv),
+                _lookup(keys, vals, row.unsqueeze(1) * self.n_items + neg.unsqueeze(0)))
+
     @torch.no_grad()
     def last_state(self, seq, etype, gap, users, table=None) -> torch.Tensor:
         return self.encode(seq, etype, gap, users, table)[:, -1]
 
 
+def recency_buckets(max_len: int) -> int:
+    """Recency k = events between a past item and the position that predicts: bucket 0 for k = 0
+    (the current item), then floor(log2 k) + 1, so the buckets cover 1, 2-3, 4-7, ... max_len - 1."""
+    return (max_len - 1).bit_length() + 1
+
+
+def history_pairs(seq: torch.Tensor, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each position of left-padded `seq` (B, L), the distinct items at or before it with the
+    recency bucket of their latest occurrence: (position, item, bucket) triples, position = b * L + l
+    (with `last_only`, only l = L - 1 and position = b). Each (position, item) appears once."""
+    B, L = seq.shape
+    j = torch.arange(L, device=seq.device)
+    same = seq.unsqueeze(2) == seq.unsqueeze(1)  # [b, j, j']: the same item at j and j'
+    # the next occurrence of seq[b, j] after j (L if none): j is the latest occurrence up to l < that
+    nxt = torch.where(same & (j.view(1, L, 1) < j.view(1, 1, L)), j.view(1, 1, L), L).amin(2)
+    real = seq != 0
+    if last_only:
+        b, jj = (real & (nxt == L)).nonzero(as_tuple=True)
+        return b, seq[b, jj], _bucket(L - 1 - jj)
+    ll = j.view(1, L, 1)
+    pair = (j.view(1, 1, L) <= ll) & (ll < nxt.unsqueeze(1)) & real.unsqueeze(1)  # [b, l, j]
+    b, lpos, jj = pair.nonzero(as_tuple=True)
+    return b * L + lpos, seq[b, jj], _bucket(lpos - jj)
+
+
+def _bucket(k: torch.Tensor) -> torch.Tensor:
+    return torch.where(k > 0, torch.floor(torch.log2(k.clamp(min=1).double())).long() + 1, 0)
+
+
+def _lookup(keys: torch.Tensor, vals: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """vals[keys == query] per query element, 0 where the sorted `keys` lack it."""
+    if not len(keys):
+        return torch.zeros(query.shape, dtype=vals.dtype, device=query.device)
+    q = query.flatten()
+    pos = torch.searchsorted(keys, q).clamp(max=len(keys) - 1)
+    return torch.where(keys[pos] == q, vals[pos], torch.zeros((), dtype=vals.dtype, device=q.device)).view(query.shape)
+
+
 def _sampled_softmax(h: torch.Tensor, tgt: torch.Tensor, neg: torch.Tensor, tgt_rows: torch.Tensor,
-                     neg_rows: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+                     neg_rows: torch.Tensor, log_q: torch.Tensor,
+                     bias: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Sampled softmax with logQ correction: item ids `tgt` (per row of h) and `neg` (shared), their
-    item representations, and log q of every item."""
+    item representations, and log q of every item; `bias` adds per-row offsets (target, negatives)."""
     pos_logit = (h * tgt_rows).sum(-1, keepdim=True) - log_q[tgt].unsqueeze(-1)
     neg_logit = h @ neg_rows.T - log_q[neg].unsqueeze(0)
+    if bias is not None:
+        pos_logit = pos_logit + bias[0].unsqueeze(-1).to(pos_logit.dtype)
+        neg_logit = neg_logit + bias[1].to(neg_logit.dtype)
     neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == tgt.unsqueeze(1), -1e9)
     logits = torch.cat([pos_logit, neg_logit], -1).float()
     return F.cross_entropy(logits, torch.zeros(len(tgt), dtype=torch.long, device=h.device))

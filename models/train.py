@@ -243,14 +243,15 @@ def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_si
     part = eval_slice(ev, lo, hi) if dist.active else ev
 
     def score(idx: np.ndarray) -> ChunkScores:
-        h = net.last_state(part["seq"][idx].to(device), part["etype"][idx].to(device), part["gap"][idx].to(device),
+        seq = part["seq"][idx].to(device)
+        h = net.last_state(seq, part["etype"][idx].to(device), part["gap"][idx].to(device),
                            part["user"][idx].to(device), table)
         if net.engage_head is not None:
             engage_scores.append(torch.sigmoid(net.engage_head(h)).squeeze(-1).float().cpu().numpy())
         if net.attr_head is not None:
             attr_scores.append(torch.sigmoid(net.attr_head(h)).float().cpu().numpy())
         # one chunk = the whole catalogue: h @ table.T exactly as before chunking
-        return lambda a, b: (h @ table[a:b].T).float()
+        return lambda a, b: net.rank_scores(h, seq, table, a, b).float()
 
     arrays, top = rank_users(score, len(part["target"]), part["target"],
                              part["seen"] if exclude_seen else None, net.n_items, batch_size, item_chunk,

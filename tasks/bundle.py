@@ -48,6 +48,16 @@ def load_net(views: Path, mcfg: ModelConfig, n_items: int, n_users: int) -> SeqR
                      n_users)
 
 
+def bundle_model_config(raw: dict) -> ModelConfig:
+    """A bundle's model config. Keys added to ModelConfig later default to what a bundle written
+    before them was trained as (a registered champion must keep loading and scoring as it did)."""
+    return ModelConfig.model_validate({**PRE_EXISTING_DEFAULTS, **raw})
+
+
+# ModelConfig keys newer than the bundle format, with the behaviour of the code before them
+PRE_EXISTING_DEFAULTS = {"repeat_bias": False}
+
+
 def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, weights: Path,
                  exclude_seen: bool) -> Path:
     """Write the bundle directory `out` (must not exist) from a data version, its views and weights."""
@@ -103,7 +113,7 @@ class Scorer:
         self.info = json.loads((root / "bundle.json").read_text())
         if self.info["format"] != BUNDLE_FORMAT:
             raise SeqrecError(f"{root}: bundle format {self.info['format']}, this code reads {BUNDLE_FORMAT}")
-        self.cfg = ModelConfig.model_validate_json((root / "model_config.json").read_text())
+        self.cfg = bundle_model_config(json.loads((root / "model_config.json").read_text()))
         self.device = torch.device(device)
         self.net = load_net(root / "views", self.cfg, self.info["n_items"], self.info["n_users"])
         self.net.load_state_dict(torch.load(root / "weights.pt", map_location="cpu", weights_only=True))
@@ -187,9 +197,10 @@ class Scorer:
     @torch.no_grad()
     def scores(self, enc: Encoded) -> torch.Tensor:
         """(B, n_items) float scores on CPU; padding and unknown columns are -inf."""
-        h = self.net.last_state(self._pad(enc.items), self._pad(enc.etypes), self._pad(enc.gaps),
+        seq = self._pad(enc.items)
+        h = self.net.last_state(seq, self._pad(enc.etypes), self._pad(enc.gaps),
                                 torch.as_tensor(enc.users, device=self.device), self.table)
-        s = (h @ self.table.T).float().cpu()
+        s = self.net.rank_scores(h, seq, self.table).float().cpu()
         s[:, :ITEM_FIRST] = -torch.inf
         return s
 

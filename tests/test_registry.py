@@ -161,6 +161,32 @@ def test_scores_map_across_catalogues(scenario):
     assert bool((mapped[:, -1] == -float("inf")).all()) and bool((mapped[:, :2] == -float("inf")).all())
 
 
+def test_bundle_from_before_repeat_bias_loads_as_trained(scenario, tmp_path):
+    """A champion registered before `model.repeat_bias` existed (no key in its config, no tensor in
+    its weights) loads and scores as the network without the bias, not as today's default."""
+    import torch
+
+    from tasks.bundle import Scorer
+
+    wd, s = scenario
+    new = Path(s["strong"]["run_dir"]) / "bundle"
+    old = tmp_path / "old-bundle"
+    shutil.copytree(new, old)
+    cfg = json.loads((old / "model_config.json").read_text())
+    assert cfg.pop("repeat_bias") is True
+    (old / "model_config.json").write_text(json.dumps(cfg))
+    weights = torch.load(old / "weights.pt", weights_only=True)
+    bias = weights.pop("repeat_bias")
+    torch.save(weights, old / "weights.pt")
+    sc_new, sc_old = Scorer(new), Scorer(old)
+    assert sc_old.net.repeat_bias is None and not sc_old.cfg.repeat_bias
+    enc = sc_new.stored(np.arange(20))
+    with torch.no_grad():
+        sc_new.net.repeat_bias.zero_()  # the same network once the bias is taken out
+    assert torch_equal(sc_old.scores(enc), sc_new.scores(enc))
+    assert bool((bias != 0).any()), "the trained bundle learned a repeat bias"
+
+
 def torch_equal(a, b) -> bool:
     import torch
 
