@@ -38,6 +38,7 @@ CONFIGS: dict[str, dict] = {
     "ablation: no item view": {"item_view": False},
     "ablation: no user view": {"user_view": False},
     "ablation: no auxiliary tasks": {"attr_task": False, "engage_task": False},
+    "ablation: no repeat bias": {"repeat_bias": False},
 }
 BASELINE, CANDIDATE = "single-view single-task lstm", "multi-view lstm gated (default)"
 
