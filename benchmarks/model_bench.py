@@ -39,6 +39,7 @@ CONFIGS: dict[str, dict] = {
     "ablation: no user view": {"user_view": False},
     "ablation: no auxiliary tasks": {"attr_task": False, "engage_task": False},
     "ablation: no repeat bias": {"repeat_bias": False},
+    "multi-view lstm gated, mixture of 4 softmaxes": {"mixtures": 4},
 }
 BASELINE, CANDIDATE = "single-view single-task lstm", "multi-view lstm gated (default)"
 

@@ -18,6 +18,10 @@ from torch import nn
 from torch.nn import functional as F
 
 
+ITEM_FIRST = 2  # item indices 0 (padding) and 1 (unknown) are never predicted
+LSE_CHUNK = 65_536
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # defaults chosen on ml-100k *validation* NDCG@10 (BENCHMARKS.md, "model selection")
@@ -40,6 +44,10 @@ class ModelConfig(BaseModel):
                             "correction, or auto = sampled above `sampled_softmax_above` items")
     sampled_softmax_above: int = Field(200_000, description="catalogue size above which `auto` samples negatives")
     n_negatives: int = Field(1024, ge=1, description="negatives per batch for the sampled softmax (shared)")
+    mixtures: int = Field(
+        1, ge=1, le=16, description="next-item head as a mixture of this many softmaxes (MoS, Yang et al. 2018): "
+                                    "a dot-product softmax is log-linear and cannot express 'a few fixed successors "
+                                    "OR the user's taste'; a mixture can. Full softmax only")
     repeat_bias: bool = Field(
         True, description="learned score offset for items already in the input window, one per recency "
                           "bucket (RepeatNet-style repeat/explore): the model learns from the training "
@@ -196,6 +204,13 @@ class SeqRecNet(nn.Module):
         self.log_vars = nn.Parameter(torch.zeros(3)) if cfg.uncertainty_weighting else None
         self.attr_target = items.attr_target if items is not None else None
         self.repeat_bias = nn.Parameter(torch.zeros(recency_buckets(cfg.max_len))) if cfg.repeat_bias else None
+        if cfg.mixtures > 1:
+            self.mos_proj = nn.Linear(d, cfg.mixtures * d)
+            self.mos_prior = nn.Linear(d, cfg.mixtures)
+            if self.sampled_next_loss():
+                raise ValueError(f"model.mixtures={cfg.mixtures} needs the full softmax, but the next-item loss is "
+                                 f"sampled ({n_items} items, model.next_loss={cfg.next_loss}, "
+                                 f"model.sampled_softmax_above={cfg.sampled_softmax_above}): use mixtures=1 or next_loss=full")
 
     def encode(self, seq: torch.Tensor, etype: torch.Tensor, gap: torch.Tensor, users: torch.Tensor,
                table: torch.Tensor | None = None) -> torch.Tensor:
@@ -228,17 +243,41 @@ class SeqRecNet(nn.Module):
     def scores(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return h @ table.T
 
+    def ranker(self, h: torch.Tensor, seq: torch.Tensor, table: torch.Tensor):
+        """(lo, hi) -> (B, hi - lo) scores of items lo..hi-1 after the last position of `seq`.
+        Every ranking path (evaluation, serving, the A/B re-score) goes through here, so they score
+        alike. With a mixture of softmaxes the scores are log-probabilities (each component's
+        normaliser is computed once, over the whole catalogue); otherwise they are logits."""
+        pairs = history_pairs(seq, last_only=True) if self.repeat_bias is not None else None
+
+        def logits(hs: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # hs (B, d) -> (B, hi - lo)
+            s = hs @ table[lo:hi].T
+            if pairs is None:
+                return s
+            rows, item, bucket = pairs
+            keep = (item >= lo) & (item < hi)
+            return s.index_put((rows[keep], item[keep] - lo), self.repeat_bias[bucket[keep]].to(s.dtype),
+                               accumulate=True)
+
+        if self.cfg.mixtures == 1:
+            return lambda lo, hi: logits(h, lo, hi)
+        comps, log_prior = self._mixture(h)  # (B, K, d), (B, K)
+        K = comps.shape[1]
+        lse = torch.stack([_chunked_logsumexp(lambda lo, hi, k=k: logits(comps[:, k], lo, hi), ITEM_FIRST,
+                                              self.n_items) for k in range(K)], 1)  # (B, K)
+        return lambda lo, hi: torch.logsumexp(
+            torch.stack([logits(comps[:, k], lo, hi) for k in range(K)], 1) + (log_prior - lse).unsqueeze(-1), 1)
+
     def rank_scores(self, h: torch.Tensor, seq: torch.Tensor, table: torch.Tensor, lo: int = 0,
                     hi: int | None = None) -> torch.Tensor:
-        """Scores of items lo..hi-1 after the last position of `seq`: (B, hi - lo). Every ranking
-        path (evaluation, serving, the A/B re-score) goes through here, so they score alike."""
-        s = h @ table[lo:hi].T
-        if self.repeat_bias is None:
-            return s
-        rows, item, bucket = history_pairs(seq, last_only=True)
-        keep = (item >= lo) & (item < (self.n_items if hi is None else hi))
-        return s.index_put((rows[keep], item[keep] - lo), self.repeat_bias[bucket[keep]].to(s.dtype),
-                           accumulate=True)
+        """ranker()(lo, hi) in one call: (B, hi - lo)."""
+        return self.ranker(h, seq, table)(lo, self.n_items if hi is None else hi)
+
+    def _mixture(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MoS components (n, K, d) and log mixture weights (n, K) of states h (n, d)."""
+        K = self.cfg.mixtures
+        comps = torch.tanh(self.mos_proj(h)).view(*h.shape[:-1], K, h.shape[-1])
+        return comps, torch.log_softmax(self.mos_prior(h).float(), -1)
 
     def sampled_next_loss(self) -> bool:
         """Whether the next-item head trains with sampled softmax (needs item log-frequencies)."""
@@ -275,14 +314,15 @@ class SeqRecNet(nn.Module):
             table = self.items.table()
             h = self.encode(batch["seq"], batch["etype"], batch["gap"], batch["user"], table)
             hv = h[valid]
-            logits = self.scores(hv, table)
-            if self.repeat_bias is not None:
-                r, item, bucket = self._valid_pairs(batch["seq"], valid)
-                # in place: the (positions x catalogue) matrix is the step's biggest; matmul's
-                # backward does not need its output, so autograd allows it
-                logits.index_put_((r, item), self.repeat_bias[bucket].to(logits.dtype), accumulate=True)
-            logits[:, :2] = -1e9  # never predict padding / unknown
-            next_loss = F.cross_entropy(logits.float(), tv)
+            pairs = self._valid_pairs(batch["seq"], valid) if self.repeat_bias is not None else None
+            if self.cfg.mixtures == 1:
+                next_loss = F.cross_entropy(self._full_logits(hv, table, pairs).float(), tv)
+            else:
+                comps, log_prior = self._mixture(hv)
+                log_p = torch.stack([torch.log_softmax(self._full_logits(comps[:, k], table, pairs).float(), -1)
+                                     for k in range(comps.shape[1])], 1)  # (n, K, N)
+                next_loss = -torch.logsumexp(log_p.gather(2, tv.view(-1, 1, 1).expand(-1, log_p.shape[1], 1))
+                                             .squeeze(2) + log_prior, 1).mean()
         losses = {"next": next_loss}
         if self.attr_head is not None:
             target = self.attr_target.to(h.device)[tv]
@@ -298,6 +338,17 @@ class SeqRecNet(nn.Module):
                 total = total + self.cfg.loss_weights.get(k, 1.0) * v
         losses["total"] = total
         return losses
+
+    def _full_logits(self, hv: torch.Tensor, table: torch.Tensor, pairs: tuple | None) -> torch.Tensor:
+        """(n, N) training logits over the whole catalogue, repeat bias added, padding/unknown never."""
+        logits = self.scores(hv, table)
+        if pairs is not None:
+            r, item, bucket = pairs
+            # in place: the (positions x catalogue) matrix is the step's biggest; matmul's backward
+            # does not need its output, so autograd allows it
+            logits.index_put_((r, item), self.repeat_bias[bucket].to(logits.dtype), accumulate=True)
+        logits[:, :ITEM_FIRST] = -1e9
+        return logits
 
     def _valid_pairs(self, seq: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """history_pairs of the trained positions, their row numbering that of h[valid]."""
@@ -323,6 +374,13 @@ class SeqRecNet(nn.Module):
     @torch.no_grad()
     def last_state(self, seq, etype, gap, users, table=None) -> torch.Tensor:
         return self.encode(seq, etype, gap, users, table)[:, -1]
+
+
+def _chunked_logsumexp(logits, lo: int, hi: int, chunk: int = LSE_CHUNK) -> torch.Tensor:
+    """logsumexp over items lo..hi-1 of `logits(a, b)` -> (B, b - a), `chunk` items at a time (the
+    chunking is fixed here, so a normaliser never depends on the caller's item chunk)."""
+    parts = [torch.logsumexp(logits(a, min(hi, a + chunk)).float(), 1) for a in range(lo, hi, chunk)]
+    return torch.logsumexp(torch.stack(parts, 1), 1)
 
 
 def recency_buckets(max_len: int) -> int:

@@ -251,7 +251,8 @@ def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_si
         if net.attr_head is not None:
             attr_scores.append(torch.sigmoid(net.attr_head(h)).float().cpu().numpy())
         # one chunk = the whole catalogue: h @ table.T exactly as before chunking
-        return lambda a, b: net.rank_scores(h, seq, table, a, b).float()
+        rank = net.ranker(h, seq, table)
+        return lambda a, b: rank(a, b).float()
 
     arrays, top = rank_users(score, len(part["target"]), part["target"],
                              part["seen"] if exclude_seen else None, net.n_items, batch_size, item_chunk,

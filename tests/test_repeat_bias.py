@@ -141,3 +141,28 @@ def test_repeat_bias_learns_what_the_targets_do(repeat_k):
         assert (b < -0.5).all(), b
     else:
         assert b[_bucket(repeat_k)] > 0.5 and b[_bucket(repeat_k)] == b.max(), b
+
+
+def test_mixture_of_softmaxes_scores_are_its_log_probabilities():
+    """With model.mixtures > 1, training NLL and ranking scores come from one distribution:
+    log sum_k pi_k softmax_k (repeat bias inside each component), in chunks or whole."""
+    seq = _random_windows(np.random.default_rng(4), 16, 12)
+    batch = _batch(seq)
+    valid = batch["target"] > 0
+    net = _net(next_loss="full", mixtures=3)
+    with torch.no_grad():
+        dense = _dense_bias(net, seq)
+        table = net.items.table()
+        h = net.encode(seq, batch["etype"], batch["gap"], batch["user"], table)
+        comps, log_prior = net._mixture(h)  # (B, L, K, d), (B, L, K)
+        z = torch.einsum("blkd,nd->blkn", comps, table) + dense.unsqueeze(2)
+        z[..., :2] = -torch.inf
+        log_p = torch.logsumexp(torch.log_softmax(z, -1) + log_prior.unsqueeze(-1), 2)  # (B, L, N)
+        assert torch.allclose(log_p[..., 2:].exp().sum(-1), torch.ones(seq.shape), atol=1e-5)
+        nll = -log_p[valid].gather(1, batch["target"][valid][:, None]).mean()
+        assert torch.allclose(net.loss(batch)["next"], nll, atol=1e-5)
+        rank = net.ranker(h[:, -1], seq, table)
+        assert torch.allclose(rank(2, N_ITEMS), log_p[:, -1, 2:], atol=1e-5)
+        assert torch.allclose(torch.cat([rank(0, 9), rank(9, N_ITEMS)], 1)[:, 2:], log_p[:, -1, 2:], atol=1e-5)
+    with pytest.raises(ValueError, match="mixtures=3 needs the full softmax"):
+        _net(next_loss="sampled", mixtures=3)
