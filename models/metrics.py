@@ -188,6 +188,20 @@ def evaluate_ranking(score_fn: Callable[[np.ndarray], torch.Tensor], n_users: in
                                     item_chunk or max(1, n_items))
 
 
+def f1_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """The score threshold with the highest F1 on these labels (0.5 when there is no positive).
+    For sparse multi-label targets (a movie has 1-3 of 19 genres) a fixed 0.5 predicts almost
+    nothing positive; the evaluation picks the threshold on validation and applies it to test."""
+    from sklearn.metrics import precision_recall_curve
+
+    y_true = np.asarray(y_true).astype(int).ravel()
+    if not y_true.any():
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(y_true, np.asarray(y_score).ravel())
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    return float(thresholds[int(np.argmax(f1))])
+
+
 def binary_metrics(y_true: np.ndarray, y_score: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
@@ -198,4 +212,5 @@ def binary_metrics(y_true: np.ndarray, y_score: np.ndarray, threshold: float = 0
            "recall": float(recall_score(y_true, pred, zero_division=0)),
            "f1": float(f1_score(y_true, pred, zero_division=0))}
     out["auc"] = float(roc_auc_score(y_true, y_score)) if 0 < y_true.sum() < len(y_true) else float("nan")
+    out["threshold"] = float(threshold)
     return out

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models import distributed as ddp
 from models.data import Sequences, eval_inputs, eval_slice, training_windows
 from models.distributed import SINGLE, DistContext
-from models.metrics import DEFAULT_ITEM_CHUNK, ChunkScores, binary_metrics, rank_users, summarise
+from models.metrics import DEFAULT_ITEM_CHUNK, ChunkScores, binary_metrics, f1_threshold, rank_users, summarise
 from models.net import SeqRecNet
 
 
@@ -229,8 +229,12 @@ MIN_ITEM_CHUNK = 16
 @torch.no_grad()
 def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_size: int = 512,
                    device: torch.device | None = None, item_chunk: int = DEFAULT_ITEM_CHUNK,
-                   dist: DistContext = SINGLE) -> tuple[dict, dict, dict]:
+                   dist: DistContext = SINGLE, thresholds: dict[str, float] | None = None) -> tuple[dict, dict, dict]:
     """Full-ranking metrics (means, per-user arrays) and auxiliary-head metrics on one split.
+
+    Auxiliary heads are scored at `thresholds[head]` (default 0.5); each head's result also names
+    the threshold with the best F1 on this split (`f1_threshold`), for the caller to carry from
+    validation to test.
 
     The catalogue is scored `item_chunk` items at a time (models/metrics.py); with several
     processes each ranks its own block of users and all ranks get the same, gathered result."""
@@ -265,11 +269,15 @@ def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_si
         attr_scores = [s for p in parts for s in p[3]]
     means = summarise(arrays, top, net.n_items)
     aux: dict = {}
+    heads = {}
     if engage_scores:
-        aux["engage"] = binary_metrics(ev["engage"], np.concatenate(engage_scores))
+        heads["engage"] = (ev["engage"], np.concatenate(engage_scores))
     if attr_scores:  # micro-averaged over (user, attribute) pairs: the next item's genres
-        truth = net.attr_target[torch.as_tensor(ev["target"])].numpy()
-        aux["attr"] = binary_metrics(truth.ravel(), np.concatenate(attr_scores).ravel())
+        heads["attr"] = (net.attr_target[torch.as_tensor(ev["target"])].numpy().ravel(),
+                         np.concatenate(attr_scores).ravel())
+    for head, (truth, scores) in heads.items():
+        aux[head] = {**binary_metrics(truth, scores, (thresholds or {}).get(head, 0.5)),
+                     "f1_threshold": f1_threshold(truth, scores)}
     return means, arrays, aux
 
 

@@ -176,9 +176,14 @@ def evaluate(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig,
     seqs = load_sequences(data_path, views)
     out: dict = {"validation": {}, "test": {}, "aux": {}, "baselines": {}}
     per_user = {}
+    thresholds: dict[str, float] | None = None  # auxiliary heads: 0.5 on validation, then validation's best-F1
     for split in ("validation", "test"):
         ev = eval_inputs(seqs, mcfg.max_len, split)
-        means, per, aux = evaluate_model(net, ev, ecfg.exclude_seen, ecfg.batch_size, item_chunk=ecfg.item_chunk)
+        means, per, aux = evaluate_model(net, ev, ecfg.exclude_seen, ecfg.batch_size, item_chunk=ecfg.item_chunk,
+                                         thresholds=thresholds)
+        thresholds = {head: m["f1_threshold"] for head, m in aux.items()}
+        if split == "test":  # chosen on validation only; a test-optimal threshold is not reported
+            aux = {head: {k: v for k, v in m.items() if k != "f1_threshold"} for head, m in aux.items()}
         out[split] = means
         out["aux"][split] = aux
         per_user[split] = (ev, per)

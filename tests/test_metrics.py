@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from models.baselines import Markov, Popularity
-from models.metrics import binary_metrics, evaluate_ranking, mask_scores, per_user_metrics, ranks
+from models.metrics import binary_metrics, evaluate_ranking, f1_threshold, mask_scores, per_user_metrics, ranks
 
 
 def test_ranks_and_metrics_against_hand_computed_values():
@@ -55,6 +55,15 @@ def test_baseline_chunk_scorers_equal_whole_rows():
         whole, chunk = model.score(hist), model.chunk_scorer(hist)
         for lo, hi in ((0, 13), (13, 26), (26, 40), (0, 40)):
             assert torch.equal(chunk(lo, hi), whole[:, lo:hi])
+
+
+def test_f1_threshold_by_hand():
+    y = np.array([0, 1, 1, 0, 0])
+    s = np.array([0.1, 0.8, 0.4, 0.6, 0.2])
+    # >= 0.4 predicts {0.8, 0.4, 0.6}: P 2/3, R 1, F1 0.8; >= 0.6: 0.5; >= 0.8: 0.667; >= 0.2: 0.667
+    assert f1_threshold(y, s) == 0.4
+    assert binary_metrics(y, s, 0.4)["f1"] == 0.8
+    assert f1_threshold(np.zeros(3), s[:3]) == 0.5
 
 
 def test_binary_metrics():
