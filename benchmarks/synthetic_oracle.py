@@ -35,7 +35,7 @@ def generator_params(data: Path) -> dict:
     manifest = json.loads((Path(meta["inputs"]["items"]).parent / "MANIFEST.json").read_text())
     if manifest.get("generator") != "seqrec.synthetic/1":
         raise SystemExit(f"{data} was not built from a seqrec synthetic log")
-    return {**manifest["counts"], "seed": manifest["seed"]}
+    return {**manifest["counts"], "seed": manifest["seed"], "follow": manifest.get("follow", S.P_FOLLOW)}
 
 
 def main() -> None:
@@ -88,12 +88,12 @@ def main() -> None:
 
         def oracle(i: int) -> np.ndarray:
             p = np.zeros(n)
-            p[idx_of] = (1 - S.P_FOLLOW) * pref[users[i], primary] * pop_share
-            np.add.at(p, idx_of[succ[gen_of[hist[i][-1]]]], S.P_FOLLOW / S.SUCCESSORS)
+            p[idx_of] = (1 - g["follow"]) * pref[users[i], primary] * pop_share
+            np.add.at(p, idx_of[succ[gen_of[hist[i][-1]]]], g["follow"] / S.SUCCESSORS)
             return p
 
         res = {"oracle": run(oracle)}
-        for w in (0.3, 0.45, 0.6):
+        for w in sorted({0.3, 0.45, 0.6, round(g["follow"], 2)}):
             res[f"empirical mixture (follow weight {w})"] = run(
                 lambda i, w=w: w * trans[hist[i][-1]] + (1 - w) * taste[i][genre] * in_genre)
         for name, model in (("markov", Markov(train, n)), ("pop", Popularity(train, n))):

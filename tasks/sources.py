@@ -60,6 +60,8 @@ class SynthConfig(BaseModel):
     items: int = Field(500, ge=2)
     events: int = Field(100_000, ge=1)
     seed: int = 0
+    follow: float = Field(0.45, ge=0.0, le=1.0, description="probability that the next event is one of the "
+                                                             "previous item's fixed successors")
 
 
 class AttributeSchema(BaseModel):
@@ -266,10 +268,11 @@ def resolve_inputs(cfg: DataConfig) -> ResolvedInputs:
         from tasks.synthetic import generate
 
         s = cfg.synthetic
-        root = cache / "synthetic" / f"u{s.users}-i{s.items}-e{s.events}-s{s.seed}"
+        root = cache / "synthetic" / (f"u{s.users}-i{s.items}-e{s.events}-s{s.seed}"
+                                      + (f"-f{s.follow:g}" if s.follow != SynthConfig().follow else ""))
         if not (root / "MANIFEST.json").is_file():
             with atomic_dir(root) as tmp:
-                generate(s.users, s.items, s.events, s.seed, tmp)
+                generate(s.users, s.items, s.events, s.seed, tmp, s.follow)
         events = expand_paths(str(root / "events"), "events")
         users, items = str(root / "users.parquet"), str(root / "items.parquet")
         schema = cfg.schema_ or SYNTH_SCHEMA

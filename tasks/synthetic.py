@@ -4,7 +4,8 @@ Signal that each view can pick up:
 - item view: each item has 1-3 genres (a primary one), a brand, price, year and a title whose words
   come from genre-specific vocabularies;
 - user view: age and country shift the user's genre preference (demographics -> taste);
-- sequence view: each item has 3 fixed successors (same primary genre), followed with prob 0.45;
+- sequence view: each item has 3 fixed successors (same primary genre), followed with prob `follow`
+  (default 0.45; lower it and the user's taste decides more of the next items);
   sessions, realistic time gaps, popularity skew (Zipf), and event types / values that depend on
   how well the item matches the user's taste (engagement head).
 Deterministic per seed: every chunk uses its own RNG stream seeded by (seed, chunk).
@@ -116,7 +117,8 @@ def _sample_genre_items(genre: np.ndarray, u: np.ndarray, cum: np.ndarray, membe
 
 
 def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, primary: np.ndarray,
-                  succ: np.ndarray, cum: np.ndarray, members: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+                  succ: np.ndarray, cum: np.ndarray, members: np.ndarray, rng: np.random.Generator,
+                  follow_p: float = P_FOLLOW) -> pd.DataFrame:
     n = len(uids)
     total = int(lengths.sum())
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -131,7 +133,7 @@ def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, prima
         k = len(act)
         g = (pref_cum[act] < rng.random(k)[:, None]).sum(1).clip(0, pref.shape[1] - 1)
         fresh = _sample_genre_items(g, rng.random(k), cum, members)
-        follow = (prev[act] >= 0) & (rng.random(k) < P_FOLLOW)
+        follow = (prev[act] >= 0) & (rng.random(k) < follow_p)
         nxt = np.where(follow, succ[prev[act].clip(0), rng.integers(0, SUCCESSORS, k)], fresh)
         new_session = rng.random(k) < 0.15
         gap = np.where(new_session, rng.exponential(2 * 86_400, k), rng.exponential(180, k)) + 1
@@ -156,7 +158,7 @@ def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, prima
     return df.sort_values("timestamp", kind="stable").reset_index(drop=True)  # logs arrive in time order
 
 
-def generate(n_users: int, n_items: int, n_events: int, seed: int, out: Path) -> dict:
+def generate(n_users: int, n_items: int, n_events: int, seed: int, out: Path, follow: float = P_FOLLOW) -> dict:
     """Write out/events/part-*.parquet, out/users.parquet, out/items.parquet and a MANIFEST.json."""
     out = Path(out)
     (out / "events").mkdir(parents=True, exist_ok=True)
@@ -179,11 +181,12 @@ def generate(n_users: int, n_items: int, n_events: int, seed: int, out: Path) ->
     for c in range(n_chunks):
         lo, hi = c * CHUNK_USERS, min(n_users, (c + 1) * CHUNK_USERS)
         rng = np.random.default_rng([seed, c + 1])
-        df = _chunk_events(np.arange(lo, hi), lengths[lo:hi], pref[lo:hi], primary, succ, cum, members, rng)
+        df = _chunk_events(np.arange(lo, hi), lengths[lo:hi], pref[lo:hi], primary, succ, cum, members, rng, follow)
         table = pa.Table.from_pandas(df, preserve_index=False)
         pq.write_table(table, out / "events" / f"part-{c:05d}.parquet", row_group_size=ROW_GROUP)
     manifest = {
         "generator": "seqrec.synthetic/1", "seed": seed,
+        **({"follow": follow} if follow != P_FOLLOW else {}),  # manifests of default logs stay as they were
         "counts": {"users": n_users, "items": n_items, "events": int(lengths.sum())},
         "files": {p.relative_to(out).as_posix(): file_digest(p) for p in sorted(out.rglob("*.parquet"))},
     }
