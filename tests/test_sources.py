@@ -30,13 +30,17 @@ def test_synthetic_is_deterministic_and_chunked(tmp_path, monkeypatch):
     assert ev.groupby("user_id").size().min() >= 3
 
 
+def _top3_successor_share(d: Path) -> float:
+    ev = pd.read_parquet(d / "events").sort_values(["user_id", "timestamp"], kind="stable")
+    prev = ev.groupby("user_id")["item_id"].shift()
+    pairs = pd.DataFrame({"p": prev, "n": ev["item_id"]}).dropna()
+    return pairs.groupby("p")["n"].agg(lambda s: s.value_counts(normalize=True).iloc[:3].sum()).mean()
+
+
 def test_synthetic_has_sequential_and_profile_signal(tmp_path):
     generate(400, 60, 20_000, 1, tmp_path)
     ev = pd.read_parquet(tmp_path / "events").sort_values(["user_id", "timestamp"], kind="stable")
-    prev = ev.groupby("user_id")["item_id"].shift()
-    pairs = pd.DataFrame({"p": prev, "n": ev["item_id"]}).dropna()
-    top_share = pairs.groupby("p")["n"].agg(lambda s: s.value_counts(normalize=True).iloc[:3].sum()).mean()
-    assert top_share > 0.35  # 3 successors followed ~45% of the time; uniform would be ~5%
+    assert _top3_successor_share(tmp_path) > 0.35  # 3 successors followed ~45% of the time; uniform would be ~5%
     users = pd.read_parquet(tmp_path / "users.parquet")
     items = pd.read_parquet(tmp_path / "items.parquet")
     merged = ev.merge(users, on="user_id").merge(items, on="item_id")
@@ -44,6 +48,16 @@ def test_synthetic_has_sequential_and_profile_signal(tmp_path):
     band = pd.cut(merged["age"], [0, 28, 40, 52, 64, 99])
     dist = pd.crosstab(band, merged["g0"], normalize="index")
     assert (dist.max() - dist.min()).max() > 0.05  # age shifts genre taste
+
+
+def test_synthetic_follow_probability_sets_the_sequence_signal(tmp_path):
+    shares = {}
+    for follow in (0.0, 0.45, 0.9):
+        m = generate(300, 60, 12_000, 1, tmp_path / str(follow), follow=follow)
+        assert m.get("follow", 0.45) == follow  # recorded (default logs keep their old manifest)
+        shares[follow] = _top3_successor_share(tmp_path / str(follow))
+    assert shares[0.0] < 0.3 < shares[0.45] < shares[0.9], shares
+    assert _digests(tmp_path / "0.45") != _digests(tmp_path / "0.9")
 
 
 def test_fetch_ml100k_and_read_grouplens_layout(cache_dir, tmp_path):
