@@ -62,6 +62,8 @@ class SynthConfig(BaseModel):
     seed: int = 0
     follow: float = Field(0.45, ge=0.0, le=1.0, description="probability that the next event is one of the "
                                                              "previous item's fixed successors")
+    skip: float = Field(0.0, ge=0.0, le=1.0, description="probability that it is one of the fixed second-order "
+                                                         "successors of the item two events back")
 
 
 class AttributeSchema(BaseModel):
@@ -269,10 +271,11 @@ def resolve_inputs(cfg: DataConfig) -> ResolvedInputs:
 
         s = cfg.synthetic
         root = cache / "synthetic" / (f"u{s.users}-i{s.items}-e{s.events}-s{s.seed}"
-                                      + (f"-f{s.follow:g}" if s.follow != SynthConfig().follow else ""))
+                                      + (f"-f{s.follow:g}" if s.follow != SynthConfig().follow else "")
+                                      + (f"-k{s.skip:g}" if s.skip else ""))
         if not (root / "MANIFEST.json").is_file():
             with atomic_dir(root) as tmp:
-                generate(s.users, s.items, s.events, s.seed, tmp, s.follow)
+                generate(s.users, s.items, s.events, s.seed, tmp, s.follow, s.skip)
         events = expand_paths(str(root / "events"), "events")
         users, items = str(root / "users.parquet"), str(root / "items.parquet")
         schema = cfg.schema_ or SYNTH_SCHEMA

@@ -118,7 +118,7 @@ def _sample_genre_items(genre: np.ndarray, u: np.ndarray, cum: np.ndarray, membe
 
 def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, primary: np.ndarray,
                   succ: np.ndarray, cum: np.ndarray, members: np.ndarray, rng: np.random.Generator,
-                  follow_p: float = P_FOLLOW) -> pd.DataFrame:
+                  follow_p: float = P_FOLLOW, skip_p: float = 0.0, succ2: np.ndarray | None = None) -> pd.DataFrame:
     n = len(uids)
     total = int(lengths.sum())
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -128,6 +128,7 @@ def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, prima
     pref_cum = np.cumsum(pref, axis=1)
     t = rng.integers(1_577_836_800, 1_704_067_200, n).astype(np.int64)  # 2020-01-01 .. 2024-01-01
     prev = np.full(n, -1, np.int64)
+    prev2 = np.full(n, -1, np.int64)  # the item two events back
     for step in range(int(lengths.max())):
         act = np.flatnonzero(lengths > step)
         k = len(act)
@@ -135,6 +136,9 @@ def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, prima
         fresh = _sample_genre_items(g, rng.random(k), cum, members)
         follow = (prev[act] >= 0) & (rng.random(k) < follow_p)
         nxt = np.where(follow, succ[prev[act].clip(0), rng.integers(0, SUCCESSORS, k)], fresh)
+        if skip_p > 0:  # only then: default logs keep their random stream
+            skip = ~follow & (prev2[act] >= 0) & (rng.random(k) < skip_p / max(1e-9, 1 - follow_p))
+            nxt = np.where(skip, succ2[prev2[act].clip(0), rng.integers(0, SUCCESSORS, k)], nxt)
         new_session = rng.random(k) < 0.15
         gap = np.where(new_session, rng.exponential(2 * 86_400, k), rng.exponential(180, k)) + 1
         t[act] += gap.astype(np.int64) * (step > 0)
@@ -142,6 +146,7 @@ def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, prima
         out_item[pos] = nxt
         out_ts[pos] = t[act]
         out_match[pos] = pref[act, primary[nxt]] * pref.shape[1]
+        prev2[act] = prev[act]
         prev[act] = nxt
     # engagement depends on taste match: the engagement head has something to learn
     p_buy = np.clip(0.02 + 0.06 * out_match, 0, 0.6)
@@ -158,13 +163,20 @@ def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, prima
     return df.sort_values("timestamp", kind="stable").reset_index(drop=True)  # logs arrive in time order
 
 
-def generate(n_users: int, n_items: int, n_events: int, seed: int, out: Path, follow: float = P_FOLLOW) -> dict:
+def generate(n_users: int, n_items: int, n_events: int, seed: int, out: Path, follow: float = P_FOLLOW,
+             skip: float = 0.0) -> dict:
+    """`skip`: probability that the next item is one of the fixed *second-order* successors of the
+    item two events back (its own table): a signal a first-order model (Markov) cannot see."""
     """Write out/events/part-*.parquet, out/users.parquet, out/items.parquet and a MANIFEST.json."""
+    if not (0 <= follow and 0 <= skip and follow + skip <= 1):
+        raise ValueError(f"synthetic: follow ({follow}) and skip ({skip}) must be probabilities with a sum <= 1")
     out = Path(out)
     (out / "events").mkdir(parents=True, exist_ok=True)
     base = np.random.default_rng([seed, 0])
     items, primary, pop = _items(n_items, base)
     succ = _successors(primary, base)
+    # a stream of its own: drawing from `base` here would change every default log
+    succ2 = _successors(primary, np.random.default_rng([seed, 1_000_000])) if skip else None
     users, pref = _users(n_users, base)
     lengths = _lengths(n_users, n_events, base)
     # per-genre cumulative popularity laid end to end: genre g occupies [g, g+1)
@@ -181,12 +193,14 @@ def generate(n_users: int, n_items: int, n_events: int, seed: int, out: Path, fo
     for c in range(n_chunks):
         lo, hi = c * CHUNK_USERS, min(n_users, (c + 1) * CHUNK_USERS)
         rng = np.random.default_rng([seed, c + 1])
-        df = _chunk_events(np.arange(lo, hi), lengths[lo:hi], pref[lo:hi], primary, succ, cum, members, rng, follow)
+        df = _chunk_events(np.arange(lo, hi), lengths[lo:hi], pref[lo:hi], primary, succ, cum, members, rng, follow,
+                           skip, succ2)
         table = pa.Table.from_pandas(df, preserve_index=False)
         pq.write_table(table, out / "events" / f"part-{c:05d}.parquet", row_group_size=ROW_GROUP)
     manifest = {
         "generator": "seqrec.synthetic/1", "seed": seed,
         **({"follow": follow} if follow != P_FOLLOW else {}),  # manifests of default logs stay as they were
+        **({"skip": skip} if skip else {}),
         "counts": {"users": n_users, "items": n_items, "events": int(lengths.sum())},
         "files": {p.relative_to(out).as_posix(): file_digest(p) for p in sorted(out.rglob("*.parquet"))},
     }

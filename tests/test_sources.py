@@ -50,6 +50,23 @@ def test_synthetic_has_sequential_and_profile_signal(tmp_path):
     assert (dist.max() - dist.min()).max() > 0.05  # age shifts genre taste
 
 
+def _top3_share(d: Path, lag: int) -> float:
+    ev = pd.read_parquet(d / "events").sort_values(["user_id", "timestamp"], kind="stable")
+    back = ev.groupby("user_id")["item_id"].shift(lag)
+    pairs = pd.DataFrame({"p": back, "n": ev["item_id"]}).dropna()
+    return pairs.groupby("p")["n"].agg(lambda s: s.value_counts(normalize=True).iloc[:3].sum()).mean()
+
+
+def test_synthetic_skip_adds_a_second_order_signal(tmp_path):
+    generate(300, 60, 12_000, 1, tmp_path / "k0", follow=0.3)
+    m = generate(300, 60, 12_000, 1, tmp_path / "k4", follow=0.3, skip=0.4)
+    assert m["skip"] == 0.4
+    # the item two events back predicts the next one only with skip (its own successor table)
+    assert _top3_share(tmp_path / "k4", 2) > _top3_share(tmp_path / "k0", 2) + 0.1
+    with pytest.raises(ValueError, match="sum <= 1"):
+        generate(10, 10, 100, 1, tmp_path / "bad", follow=0.7, skip=0.4)
+
+
 def test_synthetic_follow_probability_sets_the_sequence_signal(tmp_path):
     shares = {}
     for follow in (0.0, 0.45, 0.9):
