@@ -252,12 +252,7 @@ class SeqRecNet(nn.Module):
 
         def logits(hs: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # hs (B, d) -> (B, hi - lo)
             s = hs @ table[lo:hi].T
-            if pairs is None:
-                return s
-            rows, item, bucket = pairs
-            keep = (item >= lo) & (item < hi)
-            return s.index_put((rows[keep], item[keep] - lo), self.repeat_bias[bucket[keep]].to(s.dtype),
-                               accumulate=True)
+            return s if pairs is None else self._add_repeat_bias(s, pairs, lo, hi)
 
         if self.cfg.mixtures == 1:
             return lambda lo, hi: logits(h, lo, hi)
@@ -343,12 +338,23 @@ class SeqRecNet(nn.Module):
         """(n, N) training logits over the whole catalogue, repeat bias added, padding/unknown never."""
         logits = self.scores(hv, table)
         if pairs is not None:
-            r, item, bucket = pairs
             # in place: the (positions x catalogue) matrix is the step's biggest; matmul's backward
             # does not need its output, so autograd allows it
-            logits.index_put_((r, item), self.repeat_bias[bucket].to(logits.dtype), accumulate=True)
+            self._add_repeat_bias(logits, pairs, in_place=True)
         logits[:, :ITEM_FIRST] = -1e9
         return logits
+
+    def _add_repeat_bias(self, s: torch.Tensor, pairs: tuple[torch.Tensor, ...], lo: int = 0,
+                         hi: int | None = None, in_place: bool = False) -> torch.Tensor:
+        """s (rows x items lo..hi-1) plus the repeat bias of the (row, item, bucket) pairs in range."""
+        rows, item, bucket = pairs
+        if lo or hi is not None:
+            keep = (item >= lo) & (item < (self.n_items if hi is None else hi))
+            rows, item, bucket = rows[keep], item[keep] - lo, bucket[keep]
+        vals = self.repeat_bias[bucket].to(s.dtype)
+        if in_place:
+            return s.index_put_((rows, item), vals, accumulate=True)
+        return s.index_put((rows, item), vals, accumulate=True)
 
     def _valid_pairs(self, seq: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """history_pairs of the trained positions, their row numbering that of h[valid]."""
