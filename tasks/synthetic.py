@@ -165,9 +165,10 @@ def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, prima
 
 def generate(n_users: int, n_items: int, n_events: int, seed: int, out: Path, follow: float = P_FOLLOW,
              skip: float = 0.0) -> dict:
-    """`skip`: probability that the next item is one of the fixed *second-order* successors of the
+    """Write out/events/part-*.parquet, out/users.parquet, out/items.parquet and a MANIFEST.json.
+
+    `skip`: probability that the next item is one of the fixed *second-order* successors of the
     item two events back (its own table): a signal a first-order model (Markov) cannot see."""
-    """Write out/events/part-*.parquet, out/users.parquet, out/items.parquet and a MANIFEST.json."""
     if not (0 <= follow and 0 <= skip and follow + skip <= 1):
         raise ValueError(f"synthetic: follow ({follow}) and skip ({skip}) must be probabilities with a sum <= 1")
     out = Path(out)

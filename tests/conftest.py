@@ -38,25 +38,38 @@ def synth_dir(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
-def synth_version(synth_dir, tmp_path_factory) -> Path:
-    """The small synthetic log preprocessed and validated into a data version (shared by the model,
-    metric and distributed-training tests)."""
+def preprocessed_version(src: Path, wd: Path) -> Path:
+    """A synthetic log (tasks/synthetic.generate's output) validated and preprocessed into a data version."""
     from tasks.dask_cluster import DaskConfig, dask_client
     from tasks.preprocess import PreprocessConfig, preprocess
     from tasks.sources import SYNTH_SCHEMA, DataConfig, resolve_inputs
     from tasks.validate import validate_processed, validate_raw
     from validation.config import ValidationConfig
 
-    wd = tmp_path_factory.mktemp("wd")
     with dask_client(DaskConfig(processes=False, n_workers=1), wd) as client:
-        inputs = resolve_inputs(DataConfig(source="files", events=str(synth_dir / "events"),
-                                           users=str(synth_dir / "users.parquet"), items=str(synth_dir / "items.parquet"),
-                                           schema=SYNTH_SCHEMA.model_dump()))
+        inputs = resolve_inputs(DataConfig(source="files", events=str(src / "events"), users=str(src / "users.parquet"),
+                                           items=str(src / "items.parquet"), schema=SYNTH_SCHEMA.model_dump()))
         raw = validate_raw(inputs, ValidationConfig(), client, wd / "run")
         res = preprocess(inputs, PreprocessConfig(), ValidationConfig(), client, wd)
         validate_processed(res, ValidationConfig(), raw, wd / "run")
     return Path(res.path)
+
+
+@pytest.fixture(scope="session")
+def synth_version(synth_dir, tmp_path_factory) -> Path:
+    """The small synthetic log preprocessed and validated into a data version (shared by the model,
+    metric and distributed-training tests)."""
+    return preprocessed_version(synth_dir, tmp_path_factory.mktemp("wd"))
+
+
+@pytest.fixture(scope="session")
+def sparse_synth_version(tmp_path_factory) -> Path:
+    """A sparser catalogue: 400 items for the same 12k events (30 events per item, not 150)."""
+    from tasks.synthetic import generate
+
+    src = tmp_path_factory.mktemp("synth-sparse")
+    generate(300, 400, 12_000, 7, src)
+    return preprocessed_version(src, tmp_path_factory.mktemp("wd-sparse"))
 
 
 def small_events() -> pd.DataFrame:
