@@ -1,8 +1,9 @@
 """How much better than Markov can any model be on a synthetic data version?
 
 The generator (tasks/synthetic.py) draws each next item from a known mixture: with P_FOLLOW one of
-the previous item's fixed successors, otherwise an item of the user's taste (genre preference x
-popularity within the genre). This script scores the test (and validation) targets of a data
+the previous item's fixed successors, with `skip` one of the fixed second-order successors of the
+item two events back, otherwise an item of the user's taste (genre preference x popularity within
+the genre). This script scores the test (and validation) targets of a data
 version built from such a log with:
 - `oracle`: the generator's own distribution (the best any model can do in expectation);
 - `empirical mixture`: the same mixture estimated from training events only (transition counts,
@@ -35,7 +36,8 @@ def generator_params(data: Path) -> dict:
     manifest = json.loads((Path(meta["inputs"]["items"]).parent / "MANIFEST.json").read_text())
     if manifest.get("generator") != "seqrec.synthetic/1":
         raise SystemExit(f"{data} was not built from a seqrec synthetic log")
-    return {**manifest["counts"], "seed": manifest["seed"], "follow": manifest.get("follow", S.P_FOLLOW)}
+    return {**manifest["counts"], "seed": manifest["seed"], "follow": manifest.get("follow", S.P_FOLLOW),
+            "skip": manifest.get("skip", 0.0)}
 
 
 def main() -> None:
@@ -48,6 +50,7 @@ def main() -> None:
     rng = np.random.default_rng([g["seed"], 0])  # the generator's base stream, in its order
     _, primary, pop = S._items(g["items"], rng)
     succ = S._successors(primary, rng)
+    succ2 = S.second_order_successors(primary, g["seed"]) if g["skip"] else None
     _, pref = S._users(g["users"], rng)
     iv = pd.read_parquet(data / "vocab" / "items.parquet")
     uv = pd.read_parquet(data / "vocab" / "users.parquet")
@@ -88,8 +91,10 @@ def main() -> None:
 
         def oracle(i: int) -> np.ndarray:
             p = np.zeros(n)
-            p[idx_of] = (1 - g["follow"]) * pref[users[i], primary] * pop_share
+            p[idx_of] = (1 - g["follow"] - g["skip"]) * pref[users[i], primary] * pop_share
             np.add.at(p, idx_of[succ[gen_of[hist[i][-1]]]], g["follow"] / S.SUCCESSORS)
+            if succ2 is not None and len(hist[i]) >= 2:  # the generator skips only with two events back
+                np.add.at(p, idx_of[succ2[gen_of[hist[i][-2]]]], g["skip"] / S.SUCCESSORS)
             return p
 
         res = {"oracle": run(oracle)}

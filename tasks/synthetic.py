@@ -78,6 +78,12 @@ def _successors(primary: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return succ
 
 
+def second_order_successors(primary: np.ndarray, seed: int) -> np.ndarray:
+    """The fixed successors of the item two events back (`skip`). A stream of its own: drawing them
+    from the base stream would change every default log."""
+    return _successors(primary, np.random.default_rng([seed, 1_000_000]))
+
+
 def _users(n_users: int, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
     g = len(GENRES)
     age = rng.integers(16, 75, n_users)
@@ -176,8 +182,7 @@ def generate(n_users: int, n_items: int, n_events: int, seed: int, out: Path, fo
     base = np.random.default_rng([seed, 0])
     items, primary, pop = _items(n_items, base)
     succ = _successors(primary, base)
-    # a stream of its own: drawing from `base` here would change every default log
-    succ2 = _successors(primary, np.random.default_rng([seed, 1_000_000])) if skip else None
+    succ2 = second_order_successors(primary, seed) if skip else None
     users, pref = _users(n_users, base)
     lengths = _lengths(n_users, n_events, base)
     # per-genre cumulative popularity laid end to end: genre g occupies [g, g+1)
