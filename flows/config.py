@@ -50,6 +50,15 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"ab.baseline '{self.ab.baseline}' must be one of eval.baselines {self.eval.baselines}")
         return self
 
+    @model_validator(mode="after")
+    def _views_carry_the_transition_lags(self) -> "PipelineConfig":
+        need, have = self.model.transition_lags, self.views.transition_lags
+        if need > have:
+            if "transition_lags" in self.views.model_fields_set:
+                raise ValueError(f"model.transition_lags={need} needs views.transition_lags >= {need} (set to {have})")
+            self.views = self.views.model_copy(update={"transition_lags": need})
+        return self
+
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")

@@ -52,6 +52,14 @@ class ModelConfig(BaseModel):
         True, description="learned score offset for items already in the input window, one per recency "
                           "bucket (RepeatNet-style repeat/explore): the model learns from the training "
                           "targets how likely a user is to return to an item seen k events ago")
+    # 0: chosen on ml-100k validation (the mixture lost 0.006 NDCG@10 over 3 seeds; it wins on logs
+    # where fixed successors drive the next item: BENCHMARKS.md, "transition mixture")
+    transition_lags: int = Field(
+        0, ge=0, le=8, description="next-item distribution = a learned mixture of the network's softmax and, per "
+                                   "lag k = 1..transition_lags, the empirical distribution of the items that "
+                                   "followed the item k events back in the training events (c / n); the mixture "
+                                   "weights come from the sequence state and the context counts n. 0 = the "
+                                   "network alone. Needs views with that many lags (views.transition_lags)")
 
 
 def side_embedding(n: int, dim: int, bag: bool = False, padding: bool = True) -> nn.Embedding | nn.EmbeddingBag:
@@ -93,6 +101,38 @@ class UserTables:
     num: torch.Tensor        # (U, n_num) long buckets (profile numerics + activity statistics)
     num_size: int
     dense: torch.Tensor      # (U, D) float (e.g. genre distribution of training events)
+
+
+@dataclass
+class TransitionTables:
+    """Item -> item counts in the training events, one CSR table per lag (lag d + 1: the successor
+    d + 1 events later in the same user's sequence). Row = context item, columns = successors."""
+
+    indptr: list[torch.Tensor]   # per lag (N + 1,) long
+    indices: list[torch.Tensor]  # per lag (nnz,) long
+    counts: list[torch.Tensor]   # per lag (nnz,) float
+
+    def __post_init__(self) -> None:
+        # row totals (all successors of a context item), for c / n
+        self.totals = [torch.zeros(len(p) - 1, dtype=torch.float32).index_add_(
+            0, torch.repeat_interleave(torch.arange(len(p) - 1), p[1:] - p[:-1]), c.float())
+            for p, c in zip(self.indptr, self.counts)]
+        self._on: dict[str, TransitionTables] = {}
+
+    @property
+    def lags(self) -> int:
+        return len(self.indptr)
+
+    def on(self, device: torch.device) -> "TransitionTables":
+        """These tables on `device` (copied once per device, not once per step)."""
+        if device.type == "cpu":
+            return self
+        key = str(device)
+        if key not in self._on:
+            moved = TransitionTables([p.to(device) for p in self.indptr], [i.to(device) for i in self.indices],
+                                     [c.to(device) for c in self.counts])
+            self._on[key] = moved
+        return self._on[key]
 
 
 class ItemEncoder(nn.Module):
@@ -192,7 +232,8 @@ class CausalTransformer(nn.Module):
 
 class SeqRecNet(nn.Module):
     def __init__(self, cfg: ModelConfig, n_items: int, n_event_types: int, n_gap_buckets: int,
-                 items: ItemTables | None, users: UserTables | None, n_users: int) -> None:
+                 items: ItemTables | None, users: UserTables | None, n_users: int,
+                 transitions: TransitionTables | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
@@ -220,6 +261,17 @@ class SeqRecNet(nn.Module):
         self.log_vars = nn.Parameter(torch.zeros(3)) if cfg.uncertainty_weighting else None
         self.attr_target = items.attr_target if items is not None else None
         self.repeat_bias = nn.Parameter(torch.zeros(recency_buckets(cfg.max_len))) if cfg.repeat_bias else None
+        self.transitions = None
+        if cfg.transition_lags:
+            have = transitions.lags if transitions is not None else 0
+            if have < cfg.transition_lags:
+                raise ValueError(f"model.transition_lags={cfg.transition_lags} needs transition tables of that many "
+                                 f"lags, the views have {have} (views.transition_lags): raise it, or lower "
+                                 f"model.transition_lags")
+            self.transitions = transitions
+            # mixture weights: network component first, then one per lag
+            self.trans_gate = nn.Linear(d, 1 + cfg.transition_lags)
+            self.trans_count_w = nn.Parameter(torch.zeros(cfg.transition_lags))
         if cfg.mixtures > 1:
             self.mos_proj = nn.Linear(d, cfg.mixtures * d)
             self.mos_prior = nn.Linear(d, cfg.mixtures)
@@ -264,20 +316,42 @@ class SeqRecNet(nn.Module):
         Every ranking path (evaluation, serving, the A/B re-score) goes through here, so they score
         alike. With a mixture of softmaxes the scores are log-probabilities (each component's
         normaliser is computed once, over the whole catalogue); otherwise they are logits."""
-        pairs = history_pairs(seq, last_only=True) if self.repeat_bias is not None else None
+        offsets = self.offsets(seq)
 
         def logits(hs: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # hs (B, d) -> (B, hi - lo)
             s = hs @ table[lo:hi].T
-            return s if pairs is None else self._add_repeat_bias(s, pairs, lo, hi)
+            return s if offsets is None else self._add_offsets(s, offsets, lo, hi)
 
         if self.cfg.mixtures == 1:
-            return lambda lo, hi: logits(h, lo, hi)
+            if self.transitions is None:
+                return lambda lo, hi: logits(h, lo, hi)
+            lse = _chunked_logsumexp(lambda lo, hi: logits(h, lo, hi), ITEM_FIRST, self.n_items)
+            return self._with_transitions(lambda lo, hi: logits(h, lo, hi).float() - lse.unsqueeze(-1), h, seq)
         comps, log_prior = self._mixture(h)  # (B, K, d), (B, K)
         K = comps.shape[1]
         lse = torch.stack([_chunked_logsumexp(lambda lo, hi, k=k: logits(comps[:, k], lo, hi), ITEM_FIRST,
                                               self.n_items) for k in range(K)], 1)  # (B, K)
-        return lambda lo, hi: torch.logsumexp(
+        log_p = lambda lo, hi: torch.logsumexp(  # noqa: E731
             torch.stack([logits(comps[:, k], lo, hi) for k in range(K)], 1) + (log_prior - lse).unsqueeze(-1), 1)
+        return log_p if self.transitions is None else self._with_transitions(log_p, h, seq)
+
+    def _with_transitions(self, net_log_p, h: torch.Tensor, seq: torch.Tensor):
+        """(lo, hi) -> log of the mixture w0 * p_net + sum_k w_k * c_k / n_k over items lo..hi-1, from
+        the network's log-probabilities `net_log_p(lo, hi)` of the last position."""
+        B, L = seq.shape
+        rows, item, lag, p, n_ctx = self._transition_pairs(seq, torch.arange(B, device=seq.device) * L + (L - 1))
+        logw = self._mixture_weights(h, n_ctx)
+        keys, inv = torch.unique(rows * self.n_items + item, return_inverse=True)
+        mass = torch.zeros(len(keys), device=h.device).index_add(0, inv, logw[rows, 1 + lag].exp() * p)
+        krow, kitem, log_mass = keys // self.n_items, keys % self.n_items, torch.log(mass)
+
+        def log_p(lo: int, hi: int) -> torch.Tensor:
+            out = net_log_p(lo, hi).float() + logw[:, :1]
+            sel = (kitem >= lo) & (kitem < hi)
+            r, j = krow[sel], kitem[sel] - lo
+            out[r, j] = torch.logaddexp(out[r, j], log_mass[sel])
+            return out
+        return log_p
 
     def rank_scores(self, h: torch.Tensor, seq: torch.Tensor, table: torch.Tensor, lo: int = 0,
                     hi: int | None = None) -> torch.Tensor:
@@ -319,22 +393,24 @@ class SeqRecNet(nn.Module):
             h = self.encode(local[1:1 + n_seq].view_as(seq), batch["etype"], batch["gap"], batch["user"], rows)
             hv = h[valid]
             tl, nl = local[1 + n_seq:1 + n_seq + len(tv)], local[1 + n_seq + len(tv):]
-            bias = self._sampled_repeat_bias(seq, valid, tv, neg)
-            next_loss = _sampled_softmax(hv, tv, neg, rows[tl], rows[nl], item_log_q, bias)
+            bias = self._sampled_offsets(self.offsets(seq, valid), tv, neg)
+            log_p = -_sampled_softmax(hv, tv, neg, rows[tl], rows[nl], item_log_q, bias, reduction="none")
         else:
             table = self.items.table()
             h = self.encode(batch["seq"], batch["etype"], batch["gap"], batch["user"], table)
             hv = h[valid]
-            pairs = self._valid_pairs(batch["seq"], valid) if self.repeat_bias is not None else None
+            pairs = self.offsets(batch["seq"], valid)
             if self.cfg.mixtures == 1:
-                next_loss = F.cross_entropy(self._full_logits(hv, table, pairs).float(), tv)
+                log_p = -F.cross_entropy(self._full_logits(hv, table, pairs).float(), tv, reduction="none")
             else:
                 comps, log_prior = self._mixture(hv)
                 log_p = torch.stack([torch.log_softmax(self._full_logits(comps[:, k], table, pairs).float(), -1)
                                      for k in range(comps.shape[1])], 1)  # (n, K, N)
-                next_loss = -torch.logsumexp(log_p.gather(2, tv.view(-1, 1, 1).expand(-1, log_p.shape[1], 1))
-                                             .squeeze(2) + log_prior, 1).mean()
-        losses = {"next": next_loss}
+                log_p = torch.logsumexp(log_p.gather(2, tv.view(-1, 1, 1).expand(-1, log_p.shape[1], 1))
+                                        .squeeze(2) + log_prior, 1)
+        if self.transitions is not None:
+            log_p = self._target_log_mixture(log_p, hv, batch["seq"], valid, tv)
+        losses = {"next": -log_p.mean()}
         if self.attr_head is not None:
             target = self.attr_target.to(h.device)[tv]
             losses["attr"] = F.binary_cross_entropy_with_logits(self.attr_head(hv).float(), target)
@@ -350,24 +426,87 @@ class SeqRecNet(nn.Module):
         losses["total"] = total
         return losses
 
-    def _full_logits(self, hv: torch.Tensor, table: torch.Tensor, pairs: tuple | None) -> torch.Tensor:
-        """(n, N) training logits over the whole catalogue, repeat bias added, padding/unknown never."""
+    def _full_logits(self, hv: torch.Tensor, table: torch.Tensor, offsets: tuple | None) -> torch.Tensor:
+        """(n, N) training logits over the whole catalogue, offsets added, padding/unknown never."""
         logits = self.scores(hv, table)
-        if pairs is not None:
+        if offsets is not None:
             # in place: the (positions x catalogue) matrix is the step's biggest; matmul's backward
             # does not need its output, so autograd allows it
-            self._add_repeat_bias(logits, pairs, in_place=True)
+            self._add_offsets(logits, offsets, in_place=True)
         logits[:, :ITEM_FIRST] = -1e9
         return logits
 
-    def _add_repeat_bias(self, s: torch.Tensor, pairs: tuple[torch.Tensor, ...], lo: int = 0,
-                         hi: int | None = None, in_place: bool = False) -> torch.Tensor:
-        """s (rows x items lo..hi-1) plus the repeat bias of the (row, item, bucket) pairs in range."""
-        rows, item, bucket = pairs
+    def offsets(self, seq: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, ...] | None:
+        """The repeat bias as sparse logit offsets: (row, item, value) triples; None when it is off.
+        Training (`valid` given): rows number the trained positions as h[valid] does; otherwise
+        rows are the batch rows, scored after their last position."""
+        if self.repeat_bias is None:
+            return None
+        r, item, bucket = self._valid_pairs(seq, valid) if valid is not None else history_pairs(seq, last_only=True)
+        return r, item, self.repeat_bias[bucket]
+
+    def _transition_pairs(self, seq: torch.Tensor, pos: torch.Tensor, target: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, ...]:
+        """For positions pos[row] (flat b * L + l of `seq`) and each lag d + 1, the training successors
+        of the item d events before the position: (row, item, lag index d, c / n) per pair, and n per
+        (row, lag) (0: no such context item or no successors). c = how often the item followed the
+        context item at that lag in the training events, n = all successors of the context item.
+        Leave-one-out in training (`target` given): the counts include the position's own transition,
+        which is taken out (c - 1 for the target, n - 1), so the model learns how much a count says
+        about an unseen next event, the only kind it will score."""
+        t = self.transitions.on(seq.device)
+        flat, L = seq.flatten(), seq.shape[1]
+        n_ctx = torch.zeros(len(pos), self.cfg.transition_lags, device=seq.device)
+        parts = []
+        for d in range(self.cfg.transition_lags):
+            r = ((pos % L) >= d).nonzero().squeeze(1)
+            ctx = flat[pos[r] - d]
+            total = t.totals[d][ctx] - (1.0 if target is not None else 0.0)
+            n_ctx[r, d] = total.clamp(min=0)
+            start = t.indptr[d][ctx]
+            deg = t.indptr[d][ctx + 1] - start
+            rows = r.repeat_interleave(deg)
+            first = torch.cumsum(deg, 0) - deg
+            idx = (torch.arange(rows.numel(), device=seq.device) - first.repeat_interleave(deg)
+                   + start.repeat_interleave(deg))
+            item, c = t.indices[d][idx], t.counts[d][idx]
+            if target is not None:
+                c = c - (item == target[rows]).to(c.dtype)
+            keep = c > 0
+            rows, item, c = rows[keep], item[keep], c[keep]
+            parts.append((rows, item, torch.full_like(rows, d), c / n_ctx[rows, d]))
+        rows, item, lag, p = (torch.cat(x) for x in zip(*parts))
+        return rows, item, lag, p, n_ctx
+
+    def _mixture_weights(self, h: torch.Tensor, n_ctx: torch.Tensor) -> torch.Tensor:
+        """(rows, 1 + lags) log mixture weights: the network's, then each lag's transition distribution
+        (none where that context has no successors). The counts enter the weights too: 3 successors
+        out of 3 say less than 300 out of 300."""
+        g = self.trans_gate(h).float()
+        lag_w = g[:, 1:] + self.trans_count_w * torch.log(n_ctx.clamp(min=1.0))
+        lag_w = lag_w.masked_fill(n_ctx == 0, -torch.inf)
+        return torch.log_softmax(torch.cat([g[:, :1], lag_w], 1), 1)
+
+    def _target_log_mixture(self, net_log_p: torch.Tensor, hv: torch.Tensor, seq: torch.Tensor,
+                            valid: torch.Tensor, tv: torch.Tensor) -> torch.Tensor:
+        """log p(target) under the mixture, from the network's log p(target) of each trained position."""
+        rows, item, lag, p, n_ctx = self._transition_pairs(seq, valid.flatten().nonzero().squeeze(1), tv)
+        logw = self._mixture_weights(hv, n_ctx)
+        hit = item == tv[rows]
+        mass = torch.zeros(len(tv), device=hv.device).index_add(0, rows[hit], logw[rows[hit], 1 + lag[hit]].exp()
+                                                                * p[hit])
+        # log(0) = -inf where no lag saw the target; the clamp keeps its gradient 0, not 0 * inf
+        log_mass = torch.where(mass > 0, torch.log(mass.clamp(min=1e-30)), -torch.inf)
+        return torch.logaddexp(logw[:, 0] + net_log_p, log_mass)
+
+    def _add_offsets(self, s: torch.Tensor, offsets: tuple[torch.Tensor, ...], lo: int = 0,
+                     hi: int | None = None, in_place: bool = False) -> torch.Tensor:
+        """s (rows x items lo..hi-1) plus the offsets of the (row, item, value) triples in range."""
+        rows, item, vals = offsets
         if lo or hi is not None:
             keep = (item >= lo) & (item < (self.n_items if hi is None else hi))
-            rows, item, bucket = rows[keep], item[keep] - lo, bucket[keep]
-        vals = self.repeat_bias[bucket].to(s.dtype)
+            rows, item, vals = rows[keep], item[keep] - lo, vals[keep]
+        vals = vals.to(s.dtype)
         if in_place:
             return s.index_put_((rows, item), vals, accumulate=True)
         return s.index_put((rows, item), vals, accumulate=True)
@@ -380,15 +519,15 @@ class SeqRecNet(nn.Module):
         keep = flat[pos]
         return row_of[pos[keep]], item[keep], bucket[keep]
 
-    def _sampled_repeat_bias(self, seq: torch.Tensor, valid: torch.Tensor, tv: torch.Tensor,
-                             neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The repeat bias of each trained position's target (n,) and of the shared negatives (n, K),
+    def _sampled_offsets(self, offsets: tuple[torch.Tensor, ...] | None, tv: torch.Tensor,
+                         neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The offsets of each trained position's target (n,) and of the shared negatives (n, K),
         looked up by (row, item) key: the (n x catalogue) matrix is what sampling avoids."""
-        if self.repeat_bias is None:
+        if offsets is None:
             return None
-        r, item, bucket = self._valid_pairs(seq, valid)
-        keys, order = torch.sort(r * self.n_items + item)
-        vals = self.repeat_bias[bucket[order]]
+        r, item, vals = offsets
+        keys, inv = torch.unique(r * self.n_items + item, return_inverse=True)  # sorted, duplicates summed
+        vals = torch.zeros(len(keys), dtype=vals.dtype, device=vals.device).index_add(0, inv, vals)
         row = torch.arange(len(tv), device=tv.device)
         return (_lookup(keys, vals, row * self.n_items + tv),
                 _lookup(keys, vals, row.unsqueeze(1) * self.n_items + neg.unsqueeze(0)))
@@ -445,9 +584,10 @@ def _lookup(keys: torch.Tensor, vals: torch.Tensor, query: torch.Tensor) -> torc
 
 def _sampled_softmax(h: torch.Tensor, tgt: torch.Tensor, neg: torch.Tensor, tgt_rows: torch.Tensor,
                      neg_rows: torch.Tensor, log_q: torch.Tensor,
-                     bias: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     bias: tuple[torch.Tensor, torch.Tensor] | None = None, reduction: str = "mean") -> torch.Tensor:
     """Sampled softmax with logQ correction: item ids `tgt` (per row of h) and `neg` (shared), their
-    item representations, and log q of every item; `bias` adds per-row offsets (target, negatives)."""
+    item representations, and log q of every item; `bias` adds per-row offsets (target, negatives).
+    reduction="none": per-row losses (-log p(target) estimates)."""
     pos_logit = (h * tgt_rows).sum(-1, keepdim=True) - log_q[tgt].unsqueeze(-1)
     neg_logit = h @ neg_rows.T - log_q[neg].unsqueeze(0)
     if bias is not None:
@@ -455,7 +595,7 @@ def _sampled_softmax(h: torch.Tensor, tgt: torch.Tensor, neg: torch.Tensor, tgt_
         neg_logit = neg_logit + bias[1].to(neg_logit.dtype)
     neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == tgt.unsqueeze(1), -1e9)
     logits = torch.cat([pos_logit, neg_logit], -1).float()
-    return F.cross_entropy(logits, torch.zeros(len(tgt), dtype=torch.long, device=h.device))
+    return F.cross_entropy(logits, torch.zeros(len(tgt), dtype=torch.long, device=h.device), reduction=reduction)
 
 
 def param_count(m: nn.Module) -> int:

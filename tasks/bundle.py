@@ -23,12 +23,12 @@ import pandas as pd
 import torch
 
 from models.data import left_pad
-from models.net import ItemTables, ModelConfig, SeqRecNet, UserTables
+from models.net import ItemTables, ModelConfig, SeqRecNet, TransitionTables, UserTables
 from seqrec.encoding import ITEM_FIRST, ITEM_UNKNOWN, USER_UNKNOWN, gap_buckets_of
 from seqrec.errors import SeqrecError
 
 BUNDLE_FORMAT = 1
-VIEW_FILES = ("views.json", "item_arrays.npz", "user_arrays.npz", "item_text.npy")
+VIEW_FILES = ("views.json", "item_arrays.npz", "user_arrays.npz", "item_text.npy", "transitions.npz")
 
 
 def load_net(views: Path, mcfg: ModelConfig, n_items: int, n_users: int) -> SeqRecNet:
@@ -45,7 +45,22 @@ def load_net(views: Path, mcfg: ModelConfig, n_items: int, n_users: int) -> SeqR
     users = UserTables(cat=t(ua["cat"]), cat_sizes=vm["user"]["cat_sizes"], num=t(ua["num"]),
                        num_size=vm["user"]["num_size"], dense=t(ua["dense"]))
     return SeqRecNet(mcfg, n_items, vm["sequence"]["n_event_types"], vm["sequence"]["n_gap_buckets"], items, users,
-                     n_users)
+                     n_users, load_transitions(views))
+
+
+def load_transitions(views: Path) -> TransitionTables | None:
+    """The views' transition tables (None in views written before them: such bundles were trained
+    without the transition prior, PRE_EXISTING_DEFAULTS)."""
+    path = Path(views) / "transitions.npz"
+    if not path.is_file():
+        return None
+    z = np.load(path)
+    lags = sorted(int(k[3:].split("_")[0]) for k in z.files if k.endswith("_indptr"))
+    if not lags:
+        return None
+    t = torch.as_tensor
+    return TransitionTables([t(z[f"lag{k}_indptr"]) for k in lags], [t(z[f"lag{k}_indices"]) for k in lags],
+                            [t(z[f"lag{k}_counts"]) for k in lags])
 
 
 def bundle_model_config(raw: dict) -> ModelConfig:
@@ -55,7 +70,7 @@ def bundle_model_config(raw: dict) -> ModelConfig:
 
 
 # ModelConfig keys newer than the bundle format, with the behaviour of the code before them
-PRE_EXISTING_DEFAULTS = {"repeat_bias": False}
+PRE_EXISTING_DEFAULTS = {"repeat_bias": False, "transition_lags": 0}
 
 
 def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, weights: Path,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from seqrec.fsutil import atomic_dir, stable_hash, write_json_atomic, write_npy_atomic
 from tasks.preprocess import read_sequences
 
-VIEWS_CODE_VERSION = 1
+VIEWS_CODE_VERSION = 2  # 2: transition tables (transitions.npz)
 
 
 class ViewsConfig(BaseModel):
@@ -29,6 +29,9 @@ class ViewsConfig(BaseModel):
     num_buckets: int = Field(8, ge=2)
     engage_value_threshold: float | None = 4.0
     engage_event_types: list[str] = ["purchase"]
+    transition_lags: int = Field(0, ge=0, le=8, description="item -> item transition tables of the training "
+                                 "events stored for lags 1..k (model.transition_lags uses up to this many; in "
+                                 "a pipeline config it defaults to model.transition_lags)")
 
 
 def views_path(data_path: Path, vcfg: ViewsConfig) -> Path:
@@ -235,7 +238,27 @@ def sequence_view(data_path: Path, vcfg: ViewsConfig) -> dict:
         if thr is not None:
             e |= np.nan_to_num(np.asarray(val), nan=-np.inf) >= thr
         engage.append(e.astype(np.int8))
-    return {"engage": engage, "n_event_types": len(etypes), "n_gap_buckets": meta["n_gap_buckets"]}
+    n_items = meta["counts"]["items"] + 2
+    return {"engage": engage, "n_event_types": len(etypes), "n_gap_buckets": meta["n_gap_buckets"],
+            "transitions": transition_tables(_train_part(seq, "items"), n_items, vcfg.transition_lags)}
+
+
+def transition_tables(train_items: list[np.ndarray], n_items: int, lags: int) -> dict[str, np.ndarray]:
+    """Per lag k = 1..lags, the CSR table of (item, the item k events later) counts over each user's
+    training events (never validation or test events): lag{k}_indptr / _indices / _counts."""
+    import scipy.sparse as sp
+
+    out = {}
+    for k in range(1, lags + 1):
+        long_enough = [s for s in train_items if len(s) > k]
+        prev = np.concatenate([s[:-k] for s in long_enough]) if long_enough else np.zeros(0, np.int64)
+        nxt = np.concatenate([s[k:] for s in long_enough]) if long_enough else np.zeros(0, np.int64)
+        m = sp.csr_matrix((np.ones(len(prev), np.float32), (prev, nxt)), shape=(n_items, n_items))
+        m.sum_duplicates()
+        m.sort_indices()
+        out.update({f"lag{k}_indptr": m.indptr.astype(np.int64), f"lag{k}_indices": m.indices.astype(np.int64),
+                    f"lag{k}_counts": m.data.astype(np.float32)})
+    return out
 
 
 def build_views(data_path: Path, vcfg: ViewsConfig, cache_dir: Path) -> Path:
@@ -266,6 +289,7 @@ def write_views(tmp: Path, it: dict, us: dict, sq: dict) -> None:
     pd.DataFrame({"user_idx": np.arange(len(us["num"])), "num_buckets": [list(r) for r in us["num"]],
                   "genre_distribution": [list(r) for r in us["dense"]]}).to_parquet(tmp / "user_profile.parquet")
     pd.DataFrame({"engage": sq["engage"]}).to_parquet(tmp / "sequence_labels.parquet")
+    np.savez(tmp / "transitions.npz", **sq["transitions"])
     meta = {"item": {k: it[k] for k in ("cat_sizes", "multi_size", "num_size", "pop_size", "attr_vocab", "text_meta")},
             "user": {k: us[k] for k in ("cat_sizes", "num_size", "stat_names")},
             "sequence": {k: sq[k] for k in ("n_event_types", "n_gap_buckets")}}

@@ -72,6 +72,17 @@ def sparse_synth_version(tmp_path_factory) -> Path:
     return preprocessed_version(src, tmp_path_factory.mktemp("wd-sparse"))
 
 
+@pytest.fixture(scope="session")
+def taste_synth_version(tmp_path_factory) -> Path:
+    """The small log with less fixed-successor signal (follow 0.25, not 0.45): the user's taste decides
+    most next items, which is what the views are for (and where Markov has most to miss)."""
+    from tasks.synthetic import generate
+
+    src = tmp_path_factory.mktemp("synth-taste")
+    generate(300, 80, 12_000, 7, src, follow=0.25)
+    return preprocessed_version(src, tmp_path_factory.mktemp("wd-taste"))
+
+
 def small_events() -> pd.DataFrame:
     """A hand-checkable log: ties on timestamp, an exact duplicate, a short user, unsorted rows."""
     return pd.DataFrame({

@@ -163,9 +163,10 @@ def test_scores_map_across_catalogues(scenario):
     assert bool((mapped[:, -1] == -float("inf")).all()) and bool((mapped[:, :2] == -float("inf")).all())
 
 
-def test_bundle_from_before_repeat_bias_loads_as_trained(scenario, tmp_path):
-    """A champion registered before `model.repeat_bias` existed (no key in its config, no tensor in
-    its weights) loads and scores as the network without the bias, not as today's default."""
+def test_bundle_from_before_repeat_bias_and_transitions_loads_as_trained(scenario, tmp_path):
+    """A champion registered before `model.repeat_bias` and `model.transition_lags` existed (no keys in
+    its config, no such tensors in its weights, no transitions.npz in its views) loads and scores as
+    the plain network (logits h . item), not as today's default."""
     import torch
 
     from tasks.bundle import Scorer
@@ -176,17 +177,25 @@ def test_bundle_from_before_repeat_bias_loads_as_trained(scenario, tmp_path):
     shutil.copytree(new, old)
     cfg = json.loads((old / "model_config.json").read_text())
     assert cfg.pop("repeat_bias") is True
+    cfg.pop("transition_lags")
     (old / "model_config.json").write_text(json.dumps(cfg))
     weights = torch.load(old / "weights.pt", weights_only=True)
-    bias = weights.pop("repeat_bias")
+    newer = {k: weights.pop(k) for k in list(weights) if k == "repeat_bias" or k.startswith("trans_")}
     torch.save(weights, old / "weights.pt")
-    sc_new, sc_old = Scorer(new), Scorer(old)
-    assert sc_old.net.repeat_bias is None and not sc_old.cfg.repeat_bias
-    enc = sc_new.stored(np.arange(20))
+    (old / "views" / "transitions.npz").unlink()
+    sc_old = Scorer(old)
+    net = sc_old.net
+    assert net.repeat_bias is None and net.transitions is None and not sc_old.cfg.transition_lags
+    enc = sc_old.stored(np.arange(20))
+    seq = sc_old._pad(enc.items)
     with torch.no_grad():
-        sc_new.net.repeat_bias.zero_()  # the same network once the bias is taken out
-    assert torch_equal(sc_old.scores(enc), sc_new.scores(enc))
-    assert bool((bias != 0).any()), "the trained bundle learned a repeat bias"
+        h = net.last_state(seq, sc_old._pad(enc.etypes), sc_old._pad(enc.gaps), torch.as_tensor(enc.users),
+                           sc_old.table)
+        expect = h @ sc_old.table.T
+    expect[:, :2] = -torch.inf
+    assert torch_equal(sc_old.scores(enc), expect)
+    assert bool((newer["repeat_bias"] != 0).any()), "the trained bundle learned a repeat bias"
+    assert not torch_equal(Scorer(new).scores(enc), expect), "today's bundle scores differently"
 
 
 def torch_equal(a, b) -> bool:
