@@ -101,25 +101,38 @@ def test_a_first_order_network_learns_the_transitions_of_a_sparse_catalogue(spar
     assert model > 0.8 * markov and model > 3 * pop, (model, markov, pop)
 
 
-# chosen on the validation split of `taste_synth_version` among dropout {0.2, 0.4} x transition mixture
-# {off, on}: 0.486, 0.483, 0.502 (this), 0.497 (BENCHMARKS.md, "synthetic data")
-QUALITY = SMALL.model_copy(update={"dropout": 0.4})
-
-
 @pytest.fixture(scope="module")
 def quality_run(taste_synth_version, tmp_path_factory):
+    """SMALL trained and evaluated on the taste-driven log with seen items *not* excluded: with
+    exclusion, the protocol masks every seen item except the target, which on a log with repeats
+    tells a scorer that favours seen items the answer (BENCHMARKS.md, "synthetic data")."""
     tmp = tmp_path_factory.mktemp("quality")
     views = build_views(taste_synth_version, ViewsConfig(text_encoder="tfidf"), tmp / "c")
-    return _train_eval(taste_synth_version, views, tmp / "q", mcfg=QUALITY,
-                       tcfg=TrainConfig(epochs=100, batch_size=64, threads=1, lr=1e-2, progress=False, patience=15))
+    tcfg = TrainConfig(epochs=100, batch_size=64, threads=1, lr=1e-2, progress=False, patience=15)
+    tr = train(taste_synth_version, views, SMALL, tcfg, 0, tmp / "q", log=lambda m: None, exclude_seen=False)
+    ev = evaluate(taste_synth_version, views, SMALL, tcfg, EvalConfig(exclude_seen=False), Path(tr["model_path"]),
+                  tmp / "q")
+    return tr, ev
 
 
-def test_multiview_model_clearly_beats_popularity_on_synthetic_data(quality_run):
-    tr, ev = quality_run
-    model, pop = ev["test"]["ndcg@10"], ev["baselines"]["pop"]["test"]["ndcg@10"]
-    assert model > 1.2 * pop, (model, pop)
+def _paired_lift(ev: dict, baseline: str) -> dict:
+    from tasks.ab import ABConfig, paired_stats
+
     per = pd.read_parquet(ev["per_user_metrics"])
-    assert {"user_id", "model.ndcg@10", "pop.ndcg@10", "markov.ndcg@10"} <= set(per.columns)
+    return paired_stats(per["model.ndcg@10"].to_numpy(), per[f"{baseline}.ndcg@10"].to_numpy(), ABConfig(), 0)
+
+
+@pytest.mark.parametrize("baseline", ["pop", "markov"])
+def test_multiview_model_clearly_beats_pop_and_markov_on_synthetic_data(quality_run, baseline):
+    """Test NDCG@10 at least 1.05x the baseline's, and the paired 95% bootstrap CI of the per-user
+    difference above zero. Measured: 0.163 vs Markov 0.143 and Pop 0.142 (1.14x); the generator's
+    own distribution scores 0.210, an estimate of it from the training events that is told the
+    true genres 0.174 (benchmarks/synthetic_oracle.py)."""
+    tr, ev = quality_run
+    model, base = ev["test"]["ndcg@10"], ev["baselines"][baseline]["test"]["ndcg@10"]
+    assert model > 1.05 * base, (model, base)
+    lift = _paired_lift(ev, baseline)
+    assert lift["ci_low"] > 0, lift
     assert len(tr["history"]) >= 1 and "ndcg@10" in tr["history"][0]["validation"]
 
 
@@ -131,16 +144,6 @@ def test_auxiliary_heads_use_the_threshold_chosen_on_validation(quality_run):
         assert test["threshold"] == val["f1_threshold"] and "f1_threshold" not in test
     # the sparse genre labels: the chosen threshold predicts more positives than 0.5 did
     assert ev["aux"]["validation"]["attr"]["f1_threshold"] < 0.5
-
-
-def test_multiview_model_beats_markov_on_synthetic_data(quality_run):
-    """Measured 1.087x Markov on test (0.501 vs 0.461); the generator's own distribution scores 0.547
-    (benchmarks/synthetic_oracle.py). On the follow=0.45 log (`data_path`) the generator leaves
-    little to learn: its own distribution is 1.12x Markov, an estimate of it from the training events
-    that is told the true primary genres 1.09x; this model 0.97x, 1.035x with the transition mixture."""
-    _, ev = quality_run
-    model, markov = ev["test"]["ndcg@10"], ev["baselines"]["markov"]["test"]["ndcg@10"]
-    assert model > 1.05 * markov, (model, markov)
 
 
 def test_the_transition_mixture_starts_at_markov_quality(data_path, tmp_path):
