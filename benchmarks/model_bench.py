@@ -40,6 +40,7 @@ CONFIGS: dict[str, dict] = {
     "ablation: no auxiliary tasks": {"attr_task": False, "engage_task": False},
     "ablation: no repeat bias": {"repeat_bias": False},
     "multi-view lstm gated, mixture of 4 softmaxes": {"mixtures": 4},
+    "multi-view lstm gated + transition mixture (2 lags)": {"transition_lags": 2},
 }
 BASELINE, CANDIDATE = "single-view single-task lstm", "multi-view lstm gated (default)"
 
@@ -93,7 +94,8 @@ def main() -> None:
         ap.error("--data is required")
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    views = build_views(data, ViewsConfig(), out / "cache")
+    lags = max(c.get("transition_lags", 0) for c in CONFIGS.values())
+    views = build_views(data, ViewsConfig(transition_lags=lags), out / "cache")
     settings = [True, False] if args.exclude_seen == "both" else [args.exclude_seen == "true"]
     rows, per_user = [], {}
     for excl in settings:

@@ -16,7 +16,8 @@ from tasks.features import ViewsConfig, build_views
 from tasks.train import EvalConfig, evaluate, train
 
 FAST = TrainConfig(epochs=3, batch_size=64, threads=1, progress=False)
-SMALL = ModelConfig(dim=32, layers=1, heads=2, max_len=20)
+# dropout pinned: the figures in these tests were measured at 0.2 (the ml-100k default is 0.4 since session 6)
+SMALL = ModelConfig(dim=32, layers=1, heads=2, max_len=20, dropout=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,8 @@ def test_a_first_order_network_learns_the_transitions_of_a_sparse_catalogue(spar
     views) must get close to Markov, which is exactly a first-order model."""
     data = sparse_synth_version
     views = build_views(data, ViewsConfig(text_encoder="tfidf"), tmp_path / "c")
-    mcfg = ModelConfig(dim=32, max_len=2, item_view=False, user_view=False, attr_task=False, engage_task=False)
+    mcfg = ModelConfig(dim=32, max_len=2, item_view=False, user_view=False, attr_task=False, engage_task=False,
+                       dropout=0.2)
     tcfg = TrainConfig(epochs=12, batch_size=64, threads=1, lr=1e-2, progress=False, patience=15)
     tr = train(data, views, mcfg, tcfg, 0, tmp_path / "r", log=lambda m: None, exclude_seen=False)
     ev = evaluate(data, views, mcfg, tcfg, EvalConfig(exclude_seen=False), Path(tr["model_path"]), tmp_path / "r")
