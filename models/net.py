@@ -9,6 +9,7 @@ the sequence state is fused with the user-profile vector (`concat`, `sum`, `gate
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,7 +53,7 @@ class ModelConfig(BaseModel):
         True, description="learned score offset for items already in the input window, one per recency "
                           "bucket (RepeatNet-style repeat/explore): the model learns from the training "
                           "targets how likely a user is to return to an item seen k events ago")
-    # 0: chosen on ml-100k validation (the mixture lost 0.006 NDCG@10 over 3 seeds; it wins on logs
+    # 0: chosen on ml-100k validation (the mixture lost 0.007 NDCG@10 over 3 seeds; it wins on logs
     # where fixed successors drive the next item: BENCHMARKS.md, "transition mixture")
     transition_lags: int = Field(
         0, ge=0, le=8, description="next-item distribution = a learned mixture of the network's softmax and, per "
@@ -114,8 +115,8 @@ class TransitionTables:
 
     def __post_init__(self) -> None:
         # row totals (all successors of a context item), for c / n
-        self.totals = [torch.zeros(len(p) - 1, dtype=torch.float32).index_add_(
-            0, torch.repeat_interleave(torch.arange(len(p) - 1), p[1:] - p[:-1]), c.float())
+        self.totals = [torch.zeros(len(p) - 1, dtype=torch.float32, device=p.device).index_add_(
+            0, torch.repeat_interleave(torch.arange(len(p) - 1, device=p.device), p[1:] - p[:-1]), c.float())
             for p, c in zip(self.indptr, self.counts)]
         self._on: dict[str, TransitionTables] = {}
 
@@ -129,8 +130,10 @@ class TransitionTables:
             return self
         key = str(device)
         if key not in self._on:
-            moved = TransitionTables([p.to(device) for p in self.indptr], [i.to(device) for i in self.indices],
-                                     [c.to(device) for c in self.counts])
+            moved = copy.copy(self)  # not the constructor: the totals are moved, not recomputed there
+            moved.indptr, moved.indices, moved.counts, moved.totals = (
+                [t.to(device) for t in ts] for ts in (self.indptr, self.indices, self.counts, self.totals))
+            moved._on = {}
             self._on[key] = moved
         return self._on[key]
 
@@ -314,8 +317,8 @@ class SeqRecNet(nn.Module):
     def ranker(self, h: torch.Tensor, seq: torch.Tensor, table: torch.Tensor):
         """(lo, hi) -> (B, hi - lo) scores of items lo..hi-1 after the last position of `seq`.
         Every ranking path (evaluation, serving, the A/B re-score) goes through here, so they score
-        alike. With a mixture of softmaxes the scores are log-probabilities (each component's
-        normaliser is computed once, over the whole catalogue); otherwise they are logits."""
+        alike. With a mixture of softmaxes or the transition mixture the scores are log-probabilities
+        (each softmax's normaliser is computed once, over the whole catalogue); otherwise logits."""
         offsets = self.offsets(seq)
 
         def logits(hs: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # hs (B, d) -> (B, hi - lo)

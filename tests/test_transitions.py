@@ -157,3 +157,15 @@ def test_a_transition_mixture_needs_tables_with_enough_lags():
         _net(2, tables)
     with pytest.raises(ValueError, match="the views have 0"):
         _net(1, None)
+
+
+def test_tables_move_to_a_device_once_with_their_totals():
+    """(No GPU here: the meta device stands in for the copy, it has shapes but no values.)"""
+    tables = _tables(_sequences(), 2)
+    assert torch.equal(tables.totals[0], torch.bincount(torch.repeat_interleave(
+        torch.arange(N_ITEMS), tables.indptr[0][1:] - tables.indptr[0][:-1]), tables.counts[0], N_ITEMS))
+    moved = tables.on(torch.device("meta"))
+    assert moved is tables.on(torch.device("meta")) and tables.on(torch.device("cpu")) is tables
+    for ts in (moved.indptr, moved.indices, moved.counts, moved.totals):
+        assert all(t.device.type == "meta" for t in ts)
+    assert [t.shape for t in moved.totals] == [t.shape for t in tables.totals]
