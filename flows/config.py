@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from seqrec.errors import ConfigError
+from seqrec.fsutil import flatten
 from seqrec.paths import PathsConfig
 from seqrec.servers import ServerConfig
 from models.net import ModelConfig
@@ -111,14 +112,3 @@ def validate_config(tree: dict[str, Any], source: str = "config") -> PipelineCon
     return cfg
 
 
-def flatten(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys -> values (MLflow params, summaries)."""
-    tree = cfg.model_dump(by_alias=True) if isinstance(cfg, BaseModel) else cfg
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out

@@ -160,7 +160,7 @@ def register_task(config: PipelineConfig, workdir: Path, run_dir: Path, summary:
                   views: Path) -> dict:
     from prefect.runtime import flow_run
 
-    from flows.config import flatten
+    from seqrec.fsutil import flatten
     from tasks.bundle import write_bundle
     from tasks.tracking import log_and_register
 

@@ -4,6 +4,7 @@ and the same loop data-parallel over torchrun processes (models/distributed.py).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -21,6 +22,7 @@ from models.data import Sequences, eval_inputs, eval_slice, training_windows
 from models.distributed import SINGLE, DistContext
 from models.metrics import DEFAULT_ITEM_CHUNK, ChunkScores, binary_metrics, f1_threshold, rank_users, summarise
 from models.net import SeqRecNet
+from seqrec.fsutil import flatten
 
 
 class TrainConfig(BaseModel):
@@ -96,6 +98,9 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+RESUMABLE_CHANGES = {"progress", "processes", "threads", "device", "max_seconds"}
+
+
 class Trainer:
     """The training loop for one process or for each of `dist.world_size` DDP processes (the
     process group must be started, see models/distributed.py; rank 0 logs and writes files)."""
@@ -124,13 +129,19 @@ class Trainer:
         self.best_state: dict | None = None
         self.start_epoch = 0
         self.train_seconds = 0.0
+        # what makes a checkpoint this job's: resuming another job's state (an explicit --ckpt-dir
+        # shared by two configs) would silently continue a different run. How it runs (processes,
+        # threads, device, time limit, progress bar) may change between the kill and the resume.
+        self.job = json.dumps({"model": net.cfg.model_dump(), "seed": seed, "exclude_seen": exclude_seen,
+                               "train": cfg.model_dump(exclude=RESUMABLE_CHANGES)}, sort_keys=True)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch: int, rank_rng: list[torch.Tensor]) -> dict:
         state = {"epoch": epoch, "model": self.net.state_dict(), "opt": self.opt.state_dict(),
                  "history": self.history, "best": self.best, "best_state": self.best_state,
                  "train_seconds": self.train_seconds, "torch_rng": rank_rng[0],
-                 "np_rng": np.random.get_state()[1].tolist(), "np_pos": int(np.random.get_state()[2])}
+                 "np_rng": np.random.get_state()[1].tolist(), "np_pos": int(np.random.get_state()[2]),
+                 "job": self.job}
         if self.dist.active:
             state["torch_rng_ranks"] = rank_rng
         return state
@@ -146,6 +157,12 @@ class Trainer:
         if not path or not path.is_file():
             return False
         st = torch.load(path, map_location=self.device, weights_only=True)
+        if st.get("job", self.job) != self.job:  # checkpoints from before the key resume as they did
+            ours, theirs = flatten(json.loads(self.job)), flatten(json.loads(st["job"]))
+            diff = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here"
+                             for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k))
+            raise ValueError(f"checkpoint {path} belongs to another training job ({diff}): resume with the same "
+                             f"configuration, or remove the checkpoint / use another checkpoint directory")
         self.net.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.history, self.best, self.best_state = st["history"], st["best"], st["best_state"]

@@ -128,3 +128,16 @@ def sole_writer(final: Path, leftovers: str, log, what: str):
             for name in sweep(final.parent, leftovers):
                 log(f"removed {name}: left by a run that died while writing {what}")
         yield
+
+
+def flatten(cfg, prefix: str = "") -> dict[str, Any]:
+    """A pydantic model or nested dict -> {dotted key: value} (MLflow params, summaries, diffs)."""
+    tree = cfg.model_dump(by_alias=True) if hasattr(cfg, "model_dump") else cfg
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -80,7 +80,7 @@ def test_saved_ddp_model_is_the_selected_one(runs, data):
 
 
 def _cli(data_path: Path, views: Path, run_dir: Path, ckpt: Path) -> list[str]:
-    sets = [f"seed={SEED}", f"model.dim={MODEL.dim}", f"model.max_len={MODEL.max_len}",
+    sets = [f"seed={SEED}", f"model.dim={MODEL.dim}", f"model.max_len={MODEL.max_len}", f"model.dropout={MODEL.dropout}",
             f"train.epochs={JOB.epochs}", f"train.batch_size={JOB.batch_size}", f"train.threads={JOB.threads}"]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "tasks.train", "--data", str(data_path), "--views", str(views), "--run-dir", str(run_dir),

@@ -85,6 +85,31 @@ def test_training_is_deterministic_and_resumes_to_the_same_result(data_path, tmp
     assert ev3["test"] == ev1["test"]
 
 
+def test_a_checkpoint_of_another_job_is_refused_not_resumed(data_path, tmp_path):
+    """An explicit checkpoint directory shared by two configurations: the second job must not
+    continue the first one's state (found when a DDP test resumed a dropout-0.4 run as dropout 0.2)."""
+    views = build_views(data_path, ViewsConfig(text_encoder="tfidf"), tmp_path / "c")
+    ckpt = tmp_path / "ckpt"
+
+    class Killed(Exception):
+        pass
+
+    def die_in_epoch_2(msg: str) -> None:
+        if msg.startswith("epoch 2/"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(data_path, views, SMALL, FAST.model_copy(update={"progress": True}), 0, tmp_path / "a",
+              log=die_in_epoch_2, ckpt_dir=ckpt)
+    other = SMALL.model_copy(update={"dropout": 0.4})
+    with pytest.raises(ValueError, match=r"belongs to another training job \(model.dropout: 0.2 there, 0.4 here\)"):
+        train(data_path, views, other, FAST, 0, tmp_path / "b", log=lambda m: None, ckpt_dir=ckpt)
+    # how it runs may change: threads and the progress bar
+    tr = train(data_path, views, SMALL, FAST.model_copy(update={"threads": 2}), 0, tmp_path / "a",
+               log=lambda m: None, ckpt_dir=ckpt)
+    assert tr["resumed"]
+
+
 def test_a_first_order_network_learns_the_transitions_of_a_sparse_catalogue(sparse_synth_version, tmp_path):
     """Regression (issue 3): the tables added to the item embedding (event type, time gap, position)
     were initialised at torch's N(0, 1), ~sqrt(dim) times the item embeddings. With 30 events per
