@@ -528,9 +528,9 @@ class SeqRecNet(nn.Module):
         looked up by (row, item) key: the (n x catalogue) matrix is what sampling avoids."""
         if offsets is None:
             return None
-        r, item, vals = offsets
-        keys, inv = torch.unique(r * self.n_items + item, return_inverse=True)  # sorted, duplicates summed
-        vals = torch.zeros(len(keys), dtype=vals.dtype, device=vals.device).index_add(0, inv, vals)
+        r, item, vals = offsets  # each (row, item) once (history_pairs)
+        keys, order = torch.sort(r * self.n_items + item)
+        vals = vals[order]
         row = torch.arange(len(tv), device=tv.device)
         return (_lookup(keys, vals, row * self.n_items + tv),
                 _lookup(keys, vals, row.unsqueeze(1) * self.n_items + neg.unsqueeze(0)))
