@@ -20,13 +20,23 @@ class Popularity:
         return lambda lo, hi: self.scores[lo:hi].expand(len(histories), -1).clone()
 
 
+def transition_counts(train_items: list[np.ndarray], n_items: int, lag: int = 1) -> sp.csr_matrix:
+    """(n_items x n_items) counts of (item, the item `lag` events later) within each user's training
+    events; duplicates summed, indices sorted."""
+    long_enough = [s for s in train_items if len(s) > lag]
+    prev = np.concatenate([s[:-lag] for s in long_enough]) if long_enough else np.zeros(0, np.int64)
+    nxt = np.concatenate([s[lag:] for s in long_enough]) if long_enough else np.zeros(0, np.int64)
+    m = sp.csr_matrix((np.ones(len(prev), np.float32), (prev, nxt)), shape=(n_items, n_items))
+    m.sum_duplicates()
+    m.sort_indices()
+    return m
+
+
 class Markov:
     """P(next | last) from training transitions, backed off to popularity for unseen contexts."""
 
     def __init__(self, train_items: list[np.ndarray], n_items: int, backoff: float = 1e-3) -> None:
-        prev = np.concatenate([s[:-1] for s in train_items if len(s) > 1])
-        nxt = np.concatenate([s[1:] for s in train_items if len(s) > 1])
-        m = sp.csr_matrix((np.ones(len(prev), np.float32), (prev, nxt)), shape=(n_items, n_items))
+        m = transition_counts(train_items, n_items)
         rows = np.asarray(m.sum(1)).ravel()
         self.trans = sp.diags(1.0 / np.maximum(rows, 1)) @ m
         pop = np.bincount(np.concatenate(train_items), minlength=n_items).astype(np.float32)

@@ -246,16 +246,11 @@ def sequence_view(data_path: Path, vcfg: ViewsConfig) -> dict:
 def transition_tables(train_items: list[np.ndarray], n_items: int, lags: int) -> dict[str, np.ndarray]:
     """Per lag k = 1..lags, the CSR table of (item, the item k events later) counts over each user's
     training events (never validation or test events): lag{k}_indptr / _indices / _counts."""
-    import scipy.sparse as sp
+    from models.baselines import transition_counts  # the counts Markov is built from
 
     out = {}
     for k in range(1, lags + 1):
-        long_enough = [s for s in train_items if len(s) > k]
-        prev = np.concatenate([s[:-k] for s in long_enough]) if long_enough else np.zeros(0, np.int64)
-        nxt = np.concatenate([s[k:] for s in long_enough]) if long_enough else np.zeros(0, np.int64)
-        m = sp.csr_matrix((np.ones(len(prev), np.float32), (prev, nxt)), shape=(n_items, n_items))
-        m.sum_duplicates()
-        m.sort_indices()
+        m = transition_counts(train_items, n_items, k)
         out.update({f"lag{k}_indptr": m.indptr.astype(np.int64), f"lag{k}_indices": m.indices.astype(np.int64),
                     f"lag{k}_counts": m.data.astype(np.float32)})
     return out
