@@ -1,9 +1,20 @@
 """Full-ranking metrics (DESIGN.md section 4), vectorised in torch, batched over users and chunked
 over the catalogue.
 
-rank = number of catalogue items scored strictly higher than the target (items excluded by
-`exclude_seen` and the padding/unknown indices never count). HR@K (= Recall@K with one target),
-NDCG@K = 1/log2(rank+2), MRR@K = 1/(rank+1), each 0 when rank >= K; coverage@10 over all users.
+Ties never help the target. With `higher` catalogue items scored strictly above the target and
+`ties` others scored exactly as the target (items excluded by `exclude_seen` and the padding/unknown
+indices never count), the target's position is uniform over higher .. higher + ties (random
+tie-breaking; expected rank higher + ties/2), and each metric is its expectation over those
+positions: HR@K (= Recall@K with one target) of position r is [r < K], NDCG@K 1/log2(r+2), MRR@K
+1/(r+1). A model whose scores are all equal therefore scores like a random ranking, not perfectly;
+integer-count baselines (Pop, Markov) get no credit for their ties either. A target whose score is
+not finite ranks last. coverage@10 over all users.
+
+Broken scorers get an error, not a number: scores must be finite (NaN or +-inf raises
+DegenerateScoresError, naming how many users it hit), except that a re-scored champion may leave
+-inf on items it never saw (`allow_neg_inf`: they cannot be recommended). With `reject_constant`
+(the trained model's evaluation) a user whose every unmasked item has the same score is an error
+too: a float network never produces that unless it has collapsed.
 
 Item chunks: a (users x items) score matrix for a 1M-item catalogue is 2 GB per 512 users, so the
 catalogue is scored `item_chunk` items at a time and only each user's best `max(KS)` scores and
@@ -11,7 +22,10 @@ their item ids are carried from chunk to chunk. That is enough to be exact: a ra
 is the number of carried scores above the target's, and a rank at or above it scores 0 on every
 metric anyway. Carrying the best scores (instead of counting per chunk) means the target's score
 need not be known before its own chunk, and it is always read from the very score its rivals are
-compared with. Ties keep the lower item index, so the top 10 merged across chunks is the same set
+compared with. Ties need an exact count: chunks at or after the target's are counted directly;
+the chunks before it are known through their carried best scores, which is exact unless the carry
+is full of the target's own score; only then (degenerate, heavily tied scores) are those chunks
+scored again and counted. Ties keep the lower item index, so the top 10 merged across chunks is the same set
 as one pass over the catalogue (torch.topk leaves the order of ties unspecified: before chunking,
 coverage@10 of tied baselines depended on it, e.g. Markov on ml-100k validation 0.4923 -> 0.4929).
 Items left at -inf (masked) are no recommendation and never count for coverage.
@@ -19,11 +33,12 @@ Items left at -inf (masked) are no recommendation and never count for coverage.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
+
+from seqrec.errors import SeqrecError
 
 KS = (5, 10, 20)
 COVERAGE_K = 10
@@ -34,6 +49,11 @@ DEFAULT_ITEM_CHUNK = 65_536
 # (lo, hi) -> (B, hi - lo) float scores of items lo..hi-1, a tensor of its own (masked in place)
 ChunkScores = Callable[[int, int], torch.Tensor]
 BatchScorer = Callable[[np.ndarray], ChunkScores]  # user rows -> their chunk scorer
+
+
+class DegenerateScoresError(SeqrecError):
+    """A scorer is broken, not just bad: NaN/infinite scores (diverged weights) or the same score for
+    every item. It gets an error, never a number (a constant model would otherwise rank as random)."""
 
 
 def mask_scores(scores: torch.Tensor, seen: list[np.ndarray] | None, targets: torch.Tensor) -> torch.Tensor:
@@ -52,19 +72,36 @@ def mask_scores(scores: torch.Tensor, seen: list[np.ndarray] | None, targets: to
     return scores
 
 
-def ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def ranks(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over whole rows: (items strictly above the target, other items tied with it); a
+    target whose score is not finite ranks last (higher = the row width, no ties)."""
     tgt = scores.gather(1, targets[:, None])
-    return (scores > tgt).sum(1)
+    higher = (scores > tgt).sum(1)
+    ties = (scores == tgt).sum(1) - 1
+    bad = ~torch.isfinite(tgt[:, 0])
+    return higher.masked_fill(bad, scores.shape[1]), ties.masked_fill(bad, 0)
 
 
-def per_user_metrics(rank: torch.Tensor, ks: Iterable[int] = KS) -> dict[str, np.ndarray]:
-    r = rank.double()
+def _expected(higher: torch.Tensor, ties: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """Mean of gain[r] (0 from len(gain) on) over positions r = higher .. higher + ties."""
+    k = len(gain)
+    cum = torch.cat([gain.new_zeros(1), gain.cumsum(0)])  # cum[n] = sum of gain[:n]
+    lo = higher.clamp(max=k)
+    hi = (higher + ties + 1).clamp(max=k)
+    return (cum[hi] - cum[lo]) / (ties + 1).double()
+
+
+def per_user_metrics(higher: torch.Tensor, ties: torch.Tensor | None = None,
+                     ks: Iterable[int] = KS) -> dict[str, np.ndarray]:
+    """HR/NDCG/MRR@k per user, in expectation over random tie-breaking (module docstring)."""
+    higher = higher.long()
+    ties = torch.zeros_like(higher) if ties is None else ties.long()
     out = {}
     for k in ks:
-        hit = r < k
-        out[f"hr@{k}"] = hit.double().numpy()
-        out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).numpy()
-        out[f"mrr@{k}"] = torch.where(hit, 1.0 / (r + 1.0), torch.zeros_like(r)).numpy()
+        pos = torch.arange(k, dtype=torch.float64)
+        out[f"hr@{k}"] = _expected(higher, ties, torch.ones(k, dtype=torch.float64)).numpy()
+        out[f"ndcg@{k}"] = _expected(higher, ties, 1.0 / torch.log2(pos + 2.0)).numpy()
+        out[f"mrr@{k}"] = _expected(higher, ties, 1.0 / (pos + 1.0)).numpy()
     return out
 
 
@@ -109,11 +146,25 @@ def _seen_pairs(seen: list[np.ndarray] | None, idx: np.ndarray) -> tuple[torch.T
     return torch.as_tensor(r, dtype=torch.long), torch.as_tensor(c, dtype=torch.long)
 
 
+def check_finite(s: torch.Tensor, lo: int, allow_neg_inf: bool) -> None:
+    """Raise when a chunk of raw scores (items lo.. ; padding/unknown ignored) is not finite."""
+    body = s[:, max(0, 2 - lo):]
+    bad = torch.isnan(body) | (body == torch.inf)
+    if not allow_neg_inf:
+        bad |= body == -torch.inf
+    if bad.any():
+        rows = bad.any(1)
+        kinds = [name for name, m in (("NaN", torch.isnan(body)), ("+inf", body == torch.inf),
+                                      ("-inf", body == -torch.inf)) if (m & bad).any()]
+        raise DegenerateScoresError(
+            f"the scorer produced non-finite scores ({'/'.join(kinds)}) for {int(rows.sum())} of {len(s)} users "
+            f"in a batch: its weights have diverged. It is not evaluated (a broken model must not get a number); "
+            f"retrain with a lower train.lr, a smaller train.clip_norm or a longer train.warmup_epochs")
+
+
 def _masked_chunk(s: torch.Tensor, lo: int, hi: int, pairs: tuple[torch.Tensor, torch.Tensor] | None,
                   tgt: torch.Tensor, tgt_score: torch.Tensor) -> torch.Tensor:
     """mask_scores on items lo..hi-1, in place; records the (unmasked) score of each target found here."""
-    # a NaN score (a diverged model) never ranks above anything, and a NaN target ranks last
-    torch.nan_to_num_(s, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
     if lo < 2:
         s[:, : 2 - lo] = -torch.inf
     here = ((tgt >= lo) & (tgt < hi)).nonzero().squeeze(1)
@@ -128,35 +179,106 @@ def _masked_chunk(s: torch.Tensor, lo: int, hi: int, pairs: tuple[torch.Tensor, 
     return s
 
 
+def _count(s: torch.Tensor, tgt_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: items of `s` above, and equal to, that row's target score."""
+    t = tgt_score[:, None]
+    return (s > t).sum(1), (s == t).sum(1)
+
+
 def rank_users(score_fn: BatchScorer, n_users: int, targets: np.ndarray, seen: list[np.ndarray] | None,
                n_items: int, batch_size: int = 512, item_chunk: int = DEFAULT_ITEM_CHUNK,
-               ks: Iterable[int] = KS, min_chunk: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray]:
+               ks: Iterable[int] = KS, min_chunk: int = 1, allow_neg_inf: bool = False,
+               reject_constant: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-user metric arrays and each user's top-10 item ids (n_users, <=10; -1 where fewer than 10
-    items are left unmasked), the catalogue scored in chunks (module docstring). `min_chunk`: item_chunks."""
+    items are left unmasked), the catalogue scored in chunks (module docstring). `min_chunk`:
+    item_chunks. Scores must be finite; `allow_neg_inf`: -inf marks items the scorer cannot
+    recommend (a champion re-scored on a newer catalogue); `reject_constant`: module docstring."""
     ks = tuple(ks)
     carry = max(max(ks), COVERAGE_K)
     chunks = item_chunks(n_items, item_chunk, min_chunk)
+    his = torch.as_tensor([hi for _, hi in chunks])
     per: dict[str, list[np.ndarray]] = {}
     top: list[np.ndarray] = []
     for start in range(0, n_users, batch_size):
         idx = np.arange(start, min(n_users, start + batch_size))
         chunk_scores = score_fn(idx)
         tgt = torch.as_tensor(targets[idx], dtype=torch.long)
+        tgt_chunk = torch.searchsorted(his, tgt, right=True)  # index of the chunk holding each target
         pairs = _seen_pairs(seen, idx)
         tgt_score = torch.full((len(idx),), torch.nan)
+        higher = torch.zeros(len(idx), dtype=torch.long)
+        equal = torch.zeros(len(idx), dtype=torch.long)  # counts the target itself
+        before = torch.full((len(idx), carry), -torch.inf)  # best scores of the chunks before the target's
         best_v = torch.empty(len(idx), 0)
         best_i = torch.empty(len(idx), 0, dtype=torch.long)
-        for lo, hi in chunks:
-            s = _masked_chunk(chunk_scores(lo, hi).float().cpu(), lo, hi, pairs, tgt, tgt_score)
+        low = torch.full((len(idx),), torch.inf)  # lowest unmasked score (constant-row check)
+        for c, (lo, hi) in enumerate(chunks):
+            s = chunk_scores(lo, hi).float().cpu()
+            check_finite(s, lo, allow_neg_inf)
+            s = _masked_chunk(s, lo, hi, pairs, tgt, tgt_score)
+            known = tgt_chunk <= c
+            if known.all():
+                h, e = _count(s, tgt_score)
+                higher += h
+                equal += e
+            else:
+                k = known.nonzero().squeeze(1)
+                h, e = _count(s[k], tgt_score[k])
+                higher[k] += h
+                equal[k] += e
+                u = (~known).nonzero().squeeze(1)
+                before[u] = torch.cat([before[u], s[u]], 1).topk(carry, 1).values
+            if reject_constant:
+                low = torch.minimum(low, s.masked_fill(s == -torch.inf, torch.inf).min(1).values)
             v, i = top_k(s, torch.arange(lo, hi).expand(len(idx), -1), carry)
             best_v, best_i = top_k(torch.cat([best_v, v], 1), torch.cat([best_i, i], 1), carry)
-        rank = (best_v > tgt_score[:, None]).sum(1)  # exact below `carry`, `carry` otherwise
-        for k, v in per_user_metrics(rank, ks).items():
+        if reject_constant:
+            _reject_constant(best_v, low)
+        h, e = _count(before, tgt_score)
+        # the carry of earlier chunks ends on the target's score: more ties may have been cut off
+        cut = (before[:, -1] == tgt_score) & (higher + h < max(ks)) & torch.isfinite(tgt_score)
+        if cut.any():
+            h[cut], e[cut] = _recount_before(chunk_scores, chunks, pairs, tgt, tgt_chunk, tgt_score, cut)
+        higher, ties = higher + h, equal + e - 1
+        last = ~torch.isfinite(tgt_score)  # a target that cannot be scored ranks last
+        higher, ties = higher.masked_fill(last, n_items), ties.masked_fill(last, 0)
+        for k, v in per_user_metrics(higher, ties, ks).items():
             per.setdefault(k, []).append(v)
         v, i = top_k(best_v, best_i, COVERAGE_K)
         top.append(i.masked_fill(v == -torch.inf, -1).numpy())  # a masked item is no recommendation
     arrays = {k: np.concatenate(v) for k, v in per.items()}
     return arrays, (np.concatenate(top) if top else np.zeros((0, COVERAGE_K), np.int64))
+
+
+def _reject_constant(best: torch.Tensor, low: torch.Tensor) -> None:
+    """best: each row's carried best scores, descending; low: each row's lowest unmasked score."""
+    if best.shape[1] < 2:
+        return
+    flat = (best[:, 0] == low) & torch.isfinite(best[:, 1])  # two or more unmasked items, one score
+    if flat.any():
+        raise DegenerateScoresError(
+            f"the model gives every item the same score for {int(flat.sum())} of {len(best)} users in a batch "
+            f"(score {float(best[flat, 0][0]):.6g}): it has collapsed and ranks no better than chance. It is not "
+            f"evaluated; retrain (check train.lr and the loss curve in the run summary)")
+
+
+def _recount_before(chunk_scores: ChunkScores, chunks: list[tuple[int, int]], pairs, tgt: torch.Tensor,
+                    tgt_chunk: torch.Tensor, tgt_score: torch.Tensor, rows: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact (higher, equal) over the chunks before each selected row's target chunk, scored again."""
+    sel = rows.nonzero().squeeze(1)
+    higher = torch.zeros(len(sel), dtype=torch.long)
+    equal = torch.zeros(len(sel), dtype=torch.long)
+    scratch = torch.full_like(tgt_score, torch.nan)  # the targets' scores are known already
+    for c, (lo, hi) in enumerate(chunks):
+        need = tgt_chunk[sel] > c
+        if not need.any():
+            continue
+        s = _masked_chunk(chunk_scores(lo, hi).float().cpu(), lo, hi, pairs, tgt, scratch)[sel]
+        h, e = _count(s, tgt_score[sel])
+        higher += h * need
+        equal += e * need
+    return higher, equal
 
 
 def summarise(arrays: dict[str, np.ndarray], top: np.ndarray, n_items: int) -> dict:
@@ -169,15 +291,17 @@ def summarise(arrays: dict[str, np.ndarray], top: np.ndarray, n_items: int) -> d
 
 def evaluate_ranking_chunked(score_fn: BatchScorer, n_users: int, targets: np.ndarray,
                              seen: list[np.ndarray] | None, n_items: int, batch_size: int = 512,
-                             item_chunk: int = DEFAULT_ITEM_CHUNK, min_chunk: int = 1) -> tuple[dict, dict]:
+                             item_chunk: int = DEFAULT_ITEM_CHUNK, min_chunk: int = 1,
+                             allow_neg_inf: bool = False, reject_constant: bool = False) -> tuple[dict, dict]:
     """score_fn(user rows) -> chunk scorer (lo, hi) -> (B, hi-lo). Returns (mean metrics, per-user arrays)."""
-    arrays, top = rank_users(score_fn, n_users, targets, seen, n_items, batch_size, item_chunk, min_chunk=min_chunk)
+    arrays, top = rank_users(score_fn, n_users, targets, seen, n_items, batch_size, item_chunk, min_chunk=min_chunk,
+                             allow_neg_inf=allow_neg_inf, reject_constant=reject_constant)
     return summarise(arrays, top, n_items), arrays
 
 
 def evaluate_ranking(score_fn: Callable[[np.ndarray], torch.Tensor], n_users: int, targets: np.ndarray,
                      seen: list[np.ndarray] | None, n_items: int, batch_size: int = 512,
-                     item_chunk: int | None = None) -> tuple[dict, dict]:
+                     item_chunk: int | None = None, allow_neg_inf: bool = False) -> tuple[dict, dict]:
     """score_fn(batch_indices) -> (B, n_items) scores (baselines, rescored bundles): the whole row
     is scored at once and, by default, ranked as one chunk."""
     def chunked(idx: np.ndarray) -> ChunkScores:
@@ -185,7 +309,7 @@ def evaluate_ranking(score_fn: Callable[[np.ndarray], torch.Tensor], n_users: in
         return lambda lo, hi: s[:, lo:hi].float().clone()  # a copy: the ranking masks it in place
 
     return evaluate_ranking_chunked(chunked, n_users, targets, seen, n_items, batch_size,
-                                    item_chunk or max(1, n_items))
+                                    item_chunk or max(1, n_items), allow_neg_inf=allow_neg_inf)
 
 
 def f1_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:

@@ -22,7 +22,12 @@ from models.data import Sequences, eval_inputs, eval_slice, training_windows
 from models.distributed import SINGLE, DistContext
 from models.metrics import DEFAULT_ITEM_CHUNK, ChunkScores, binary_metrics, f1_threshold, rank_users, summarise
 from models.net import SeqRecNet
+from seqrec.errors import SeqrecError
 from seqrec.fsutil import flatten
+
+
+class TrainingDivergedError(SeqrecError):
+    """A non-finite loss or gradient: the run stops at `train`, nothing is saved or registered."""
 
 
 class TrainConfig(BaseModel):
@@ -206,8 +211,10 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                     losses = self.model(batch, self.log_q)
                 self.opt.zero_grad(set_to_none=True)
+                self._check_finite("loss", losses["total"], epoch, b, losses)
                 losses["total"].backward()
-                torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.clip_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.clip_norm)
+                self._check_finite("gradient norm", grad_norm, epoch, b, losses)
                 self.opt.step()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -233,6 +240,20 @@ class Trainer:
             self.net.load_state_dict(self.best_state)
         return {"best_epoch": self.best["epoch"], "best_validation_ndcg@10": self.best["ndcg@10"],
                 "train_seconds": round(self.train_seconds, 3), "epochs_run": len(self.history)}
+
+    def _check_finite(self, what: str, value: torch.Tensor, epoch: int, step: int, losses: dict) -> None:
+        """A non-finite loss or gradient stops the run: continuing would keep a 'best' epoch of a model
+        whose weights are about to become NaN (or already are), and register it."""
+        if bool(torch.isfinite(value.detach()).all()):
+            return
+        parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        lr = self.opt.param_groups[0]["lr"]
+        raise TrainingDivergedError(
+            f"training diverged: non-finite {what} at epoch {epoch + 1}, step {step + 1} of {self.steps_per_epoch} "
+            f"(lr {lr:.3g}; losses {parts}). No model was written or registered. Change: train.lr (now "
+            f"{self.cfg.lr:g}; try {self.cfg.lr / 10:g}), train.warmup_epochs (now {self.cfg.warmup_epochs:g}), "
+            f"train.clip_norm (now {self.cfg.clip_norm:g})"
+            + (", train.bf16=false" if self.device.type == "cuda" and self.cfg.bf16 else ""))
 
     def evaluate(self, ev: dict, exclude_seen: bool = True, batch_size: int = 512) -> tuple[dict, dict, dict]:
         return evaluate_model(self.net, ev, exclude_seen, batch_size, self.device, self.item_chunk, self.dist)
@@ -275,9 +296,10 @@ def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_si
         rank = net.ranker(h, seq, table)
         return lambda a, b: rank(a, b).float()
 
+    # a diverged or collapsed network is an error here, before anything can register it
     arrays, top = rank_users(score, len(part["target"]), part["target"],
                              part["seen"] if exclude_seen else None, net.n_items, batch_size, item_chunk,
-                             min_chunk=MIN_ITEM_CHUNK)
+                             min_chunk=MIN_ITEM_CHUNK, reject_constant=True)
     if dist.active:  # every rank ends with every user's results, in user order
         parts = ddp.all_gather((arrays, top, engage_scores, attr_scores), dist)
         arrays = {k: np.concatenate([p[0][k] for p in parts if k in p[0]]) for k in parts[0][0]}

@@ -129,7 +129,8 @@ def rescore(scorer, data_path: Path, exclude_seen: bool, batch_size: int = 512) 
         return scorer.scores_on(enc, catalogue)
 
     seen = [np.unique(h) for h in hist] if exclude_seen else None
-    means, per = evaluate_ranking(score, len(keep), targets, seen, n_items, batch_size)
+    # -inf: items the champion never saw (it cannot recommend them); NaN would still be an error
+    means, per = evaluate_ranking(score, len(keep), targets, seen, n_items, batch_size, allow_neg_inf=True)
     return means, per, users
 
 

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from models.baselines import Markov, Popularity
@@ -12,9 +13,9 @@ def test_ranks_and_metrics_against_hand_computed_values():
     scores = torch.tensor([[9.0, 9.0, 0.5, 0.9, 0.1, 0.3, 0.7],    # target 3 is best -> rank 0
                            [9.0, 9.0, 0.5, 0.9, 0.1, 0.3, 0.7]])   # target 5: 0.9,0.7,0.5 above -> rank 3
     targets = torch.tensor([3, 5])
-    r = ranks(mask_scores(scores, None, targets), targets)
-    assert r.tolist() == [0, 3]
-    m = per_user_metrics(r, ks=(1, 5))
+    higher, ties = ranks(mask_scores(scores, None, targets), targets)
+    assert higher.tolist() == [0, 3] and ties.tolist() == [0, 0]
+    m = per_user_metrics(higher, ties, ks=(1, 5))
     assert m["hr@1"].tolist() == [1.0, 0.0] and m["hr@5"].tolist() == [1.0, 1.0]
     assert np.allclose(m["ndcg@5"], [1.0, 1 / math.log2(5)])
     assert np.allclose(m["mrr@5"], [1.0, 0.25])
@@ -24,7 +25,7 @@ def test_exclude_seen_masks_history_but_never_the_target():
     scores = torch.tensor([[0.0, 0.0, 0.5, 0.9, 0.1, 0.3, 0.7]])
     seen = [np.array([3, 6, 5])]  # the target 5 was seen before (a repeat) and must stay rankable
     s = mask_scores(scores, seen, torch.tensor([5]))
-    assert ranks(s, torch.tensor([5])).tolist() == [1]  # only item 2 (0.5) is above it now
+    assert ranks(s, torch.tensor([5]))[0].tolist() == [1]  # only item 2 (0.5) is above it now
     assert torch.isinf(s[0, 3]) and torch.isinf(s[0, 6])
 
 
@@ -116,7 +117,7 @@ def test_gated_fusion_never_drops_the_sequence_path():
 def _reference(scores: torch.Tensor, targets: np.ndarray, seen, n_items: int) -> tuple[dict, float]:
     """One pass over the whole matrix: exact ranks, and top-10 by (score desc, item asc) without masked items."""
     s = mask_scores(scores, seen, torch.as_tensor(targets))
-    per = per_user_metrics(ranks(s, torch.as_tensor(targets)))
+    per = per_user_metrics(*ranks(s, torch.as_tensor(targets)))
     tops = [[j for j in np.lexsort((np.arange(n_items), -row.numpy()))[:10] if row[j] > -np.inf] for row in s]
     return per, len(np.unique(np.concatenate(tops))) / (n_items - 2)
 
@@ -175,3 +176,71 @@ def test_top_k_keeps_the_lower_item_on_ties_across_chunks():
         best_v, best_i = top_k(torch.cat([best_v, cv], 1), torch.cat([best_i, ci], 1), 3)
     assert best_i.tolist() == [[1, 3, 4]]
     assert item_chunks(10, 4) == [(0, 4), (4, 8), (8, 10)] and item_chunks(10, 4, min_width=3) == [(0, 4), (4, 10)]
+
+
+def test_ties_never_help_the_target():
+    """The metric is its expectation over random tie-breaking: a tie with k items is worth what the
+    k+1 positions are worth on average, never the best of them."""
+    from models.metrics import per_user_metrics
+
+    # target tied with 3 others at the top: positions 0..3 equally likely
+    m = per_user_metrics(torch.tensor([0]), torch.tensor([3]), ks=(1, 2, 10))
+    assert m["hr@1"][0] == pytest.approx(0.25) and m["hr@2"][0] == pytest.approx(0.5) and m["hr@10"][0] == 1.0
+    assert m["ndcg@10"][0] == pytest.approx(np.mean([1 / math.log2(r + 2) for r in range(4)]))
+    assert m["mrr@10"][0] == pytest.approx(np.mean([1 / (r + 1) for r in range(4)]))
+    # 8 above, tied with 4 others: positions 8..12, two of five inside the top 10
+    m = per_user_metrics(torch.tensor([8]), torch.tensor([4]), ks=(10,))
+    assert m["hr@10"][0] == pytest.approx(2 / 5)
+    assert m["ndcg@10"][0] == pytest.approx((1 / math.log2(10) + 1 / math.log2(11)) / 5)
+
+
+def test_a_constant_scorer_ranks_like_chance_not_perfectly():
+    """Equal scores for every item used to give HR@10 = NDCG@10 = 1.0 (nothing scored strictly higher)."""
+    n_users, n_items = 40, 202
+    targets = np.random.default_rng(0).integers(2, n_items, n_users)
+    for chunk in (None, 7, 50):
+        m, _ = evaluate_ranking(lambda idx: torch.zeros(len(idx), n_items), n_users, targets, None, n_items,
+                                batch_size=16, item_chunk=chunk)
+        assert m["hr@10"] == pytest.approx(10 / 200) and m["hr@20"] == pytest.approx(20 / 200)
+        assert m["ndcg@10"] == pytest.approx(sum(1 / math.log2(r + 2) for r in range(10)) / 200)
+
+
+def test_integer_count_ties_give_baselines_no_credit():
+    """Pop on a catalogue where every item has the same count ranks like chance."""
+    train = [np.array([2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13])]  # each item once
+    pop = Popularity(train, 14)
+    targets = np.array([5, 9, 13])
+    m, _ = evaluate_ranking(lambda idx: pop.score([train[0]] * len(idx)), 3, targets, None, 14)
+    assert m["hr@5"] == pytest.approx(5 / 12) and m["hr@10"] == pytest.approx(10 / 12)
+
+
+def test_non_finite_scores_are_an_error_not_a_number():
+    from models.metrics import DegenerateScoresError
+
+    targets = np.array([3, 4, 5])
+    for bad in (torch.nan, torch.inf, -torch.inf):
+        scores = torch.rand(3, 20)
+        scores[1, 7] = bad
+        with pytest.raises(DegenerateScoresError, match="non-finite"):
+            evaluate_ranking(lambda idx: scores[idx], 3, targets, None, 20)
+    # a re-scored champion marks items it never saw -inf: allowed, and such a target ranks last
+    scores = torch.rand(3, 20)
+    scores[:, 5] = -torch.inf
+    _, per = evaluate_ranking(lambda idx: scores[idx], 3, targets, None, 20, allow_neg_inf=True)
+    assert per["hr@20"][2] == 0.0 and per["hr@20"][:2].tolist() == [1.0, 1.0]
+    scores[0, 9] = torch.nan
+    with pytest.raises(DegenerateScoresError):
+        evaluate_ranking(lambda idx: scores[idx], 3, targets, None, 20, allow_neg_inf=True)
+
+
+def test_a_collapsed_model_is_rejected_when_asked():
+    from models.metrics import DegenerateScoresError, evaluate_ranking_chunked
+
+    targets = np.array([3, 4])
+    flat = lambda idx: (lambda lo, hi: torch.full((len(idx), hi - lo), 0.5))  # noqa: E731
+    with pytest.raises(DegenerateScoresError, match="same score"):
+        evaluate_ranking_chunked(flat, 2, targets, None, 30, item_chunk=8, reject_constant=True)
+    # every item but the target masked as seen: one candidate is not a constant ranking
+    seen = [np.arange(2, 30), np.arange(2, 30)]
+    m, _ = evaluate_ranking_chunked(flat, 2, targets, seen, 30, item_chunk=8, reject_constant=True)
+    assert m["hr@5"] == 1.0

@@ -219,3 +219,15 @@ def test_compiled_attention_trains_like_eager(data_path, tmp_path):
     for he, hc in zip(eager["history"], comp["history"]):
         assert abs(he["loss"]["total"] - hc["loss"]["total"]) < 0.02 * abs(he["loss"]["total"])
     assert abs(eager["best_validation_ndcg@10"] - comp["best_validation_ndcg@10"]) < 0.03
+
+
+def test_a_diverging_run_stops_at_the_step_with_the_settings_to_change(data_path, tmp_path):
+    """lr 1e6 without warm-up sends the weights to NaN within two steps: the run stops there with an
+    error naming the epoch, the step and the settings, instead of keeping a "best" epoch."""
+    from models.train import TrainingDivergedError
+
+    views = build_views(data_path, ViewsConfig(text_encoder="tfidf"), tmp_path / "c")
+    bad = FAST.model_copy(update={"lr": 1e6, "warmup_epochs": 0.0})
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 2 of \d+.*train\.lr.*train\.clip_norm"):
+        train(data_path, views, SMALL, bad, 0, tmp_path / "run", log=lambda m: None)
+    assert not (tmp_path / "run" / "model.pt").exists()
