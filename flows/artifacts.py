@@ -39,10 +39,12 @@ promoted: **{summary.get('promoted')}**, champion now: version {summary.get('cha
 | | value |
 |---|---|
 | primary metric | {ab['primary_metric']} |
+| rule | {ab['mode']}: CI lower bound > {ab['threshold']:g} |
 | test users (paired) | {ab['n_users']} |
+| users better / worse / tied | {ab['shares']['better']:.1%} / {ab['shares']['worse']:.1%} / {ab['shares']['tied']:.1%} |
 | mean lift | {ab['lift']:+.5f} |
 | 95% bootstrap CI | [{ab['ci_low']:+.5f}, {ab['ci_high']:+.5f}] |
-| p-value ({ab['test']}, two-sided) | {ab['p_value']:.4g} |
+| p-value ({ab['test']}, one-sided: {ab['alternative']}) | {ab['p_value']:.4g} |
 
 | guardrail | reference | challenger | limit | result |
 |---|---|---|---|---|
