@@ -36,12 +36,23 @@ def ab_artifact(summary: dict[str, Any]) -> None:
 **Decision: {ab['decision'].upper()}** {'(' + '; '.join(ab['reasons']) + ')' if ab['reasons'] else ''};
 promoted: **{summary.get('promoted')}**, champion now: version {summary.get('champion')}
 
-| | value |
+{_comparison(ab, guards)}
+
+{_mlflow_link(m['tracking_uri'], ml['experiment_id'], ml['mlflow_run_id'])}; full report: `ab/ab_report.md` in its artifacts.
+"""
+    create_markdown_artifact(md, key="ab-report", description=f"A/B decision for version {m['version']}")
+
+
+def _comparison(ab: dict[str, Any], guards: str) -> str:
+    if ab["lift"] is None:  # refused: nothing was compared
+        return ""
+    sh = ab["shares"]
+    return f"""| | value |
 |---|---|
 | primary metric | {ab['primary_metric']} |
 | rule | {ab['mode']}: CI lower bound > {ab['threshold']:g} |
 | test users (paired) | {ab['n_users']} |
-| users better / worse / tied | {ab['shares']['better']:.1%} / {ab['shares']['worse']:.1%} / {ab['shares']['tied']:.1%} |
+| users better / worse / tied | {sh['better']:.1%} / {sh['worse']:.1%} / {sh['tied']:.1%} |
 | mean lift | {ab['lift']:+.5f} |
 | 95% bootstrap CI | [{ab['ci_low']:+.5f}, {ab['ci_high']:+.5f}] |
 | p-value ({ab['test']}, one-sided: {ab['alternative']}) | {ab['p_value']:.4g} |
@@ -49,10 +60,7 @@ promoted: **{summary.get('promoted')}**, champion now: version {summary.get('cha
 | guardrail | reference | challenger | limit | result |
 |---|---|---|---|---|
 {guards}
-
-{_mlflow_link(m['tracking_uri'], ml['experiment_id'], ml['mlflow_run_id'])}; full report: `ab/ab_report.md` in its artifacts.
 """
-    create_markdown_artifact(md, key="ab-report", description=f"A/B decision for version {m['version']}")
 
 
 def summary_artifact(summary: dict[str, Any]) -> None:

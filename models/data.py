@@ -1,8 +1,9 @@
 """Tensors for training and evaluation from per-user sequences (numpy in, torch out).
 
 Training uses only each user's training events (the first n_train); every position of a window is
-a training example at once (causal). Validation input = training events, target = the validation
-event; test input = training + validation events, target = the test event.
+a training example at once (causal). Each evaluation target's input is every event of the user
+before it: for the validation target that is the training events, for the test target the training
+events and whatever came between (seqrec/splits.py: the protocol decides where the targets are).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class Sequences:
     gaps: list[np.ndarray]
     engage: list[np.ndarray]  # per-event engagement label (0/1)
     n_train: np.ndarray
+    valid_pos: np.ndarray     # (U,) position of the validation target, -1 where none
+    test_pos: np.ndarray      # (U,) position of the test target, -1 where none
 
     def train_items(self) -> list[np.ndarray]:
         return [s[:n] for s, n in zip(self.items, self.n_train)]
@@ -70,18 +73,19 @@ def training_windows(seqs: Sequences, L: int, stride: int | None = None) -> dict
 
 
 def eval_inputs(seqs: Sequences, L: int, split: str) -> dict:
-    """Inputs, targets and seen items for users with a validation/test event."""
-    keep = np.flatnonzero(np.array([len(s) for s in seqs.items]) >= 3)
-    off = 0 if split == "validation" else 1
-    hist = [seqs.items[i][: seqs.n_train[i] + off] for i in keep]
+    """Inputs, targets and seen items for the users with a target in this split (validation/test)."""
+    pos = seqs.valid_pos if split == "validation" else seqs.test_pos
+    keep = np.flatnonzero(pos >= 0)
+    end = pos[keep]
+    hist = [seqs.items[i][:e] for i, e in zip(keep, end)]
     return {
         "rows": keep,
         "user": torch.as_tensor(seqs.user[keep].astype(np.int64)),
         "seq": torch.as_tensor(left_pad(hist, L)),
-        "etype": torch.as_tensor(left_pad([seqs.etypes[i][: seqs.n_train[i] + off] for i in keep], L)),
-        "gap": torch.as_tensor(left_pad([seqs.gaps[i][: seqs.n_train[i] + off] for i in keep], L)),
-        "target": np.array([seqs.items[i][seqs.n_train[i] + off] for i in keep], np.int64),
-        "engage": np.array([seqs.engage[i][seqs.n_train[i] + off] for i in keep], np.int64),
+        "etype": torch.as_tensor(left_pad([seqs.etypes[i][:e] for i, e in zip(keep, end)], L)),
+        "gap": torch.as_tensor(left_pad([seqs.gaps[i][:e] for i, e in zip(keep, end)], L)),
+        "target": np.array([seqs.items[i][e] for i, e in zip(keep, end)], np.int64),
+        "engage": np.array([seqs.engage[i][e] for i, e in zip(keep, end)], np.int64),
         "seen": [np.unique(h) for h in hist],
         "history": hist,
     }

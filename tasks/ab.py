@@ -32,6 +32,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.metrics import KS
+from seqrec.splits import TEST, target_positions
 
 METRICS = [f"{m}@{k}" for k in KS for m in ("hr", "ndcg", "mrr")]
 
@@ -140,14 +141,15 @@ def rescore(scorer, data_path: Path, exclude_seen: bool, batch_size: int = 512) 
     data_path = Path(data_path)
     meta = json.loads((data_path / "meta.json").read_text())
     seq = pq.read_table(data_path / "sequences.parquet",
-                        columns=["user_id", "items", "event_types", "timestamps", "n_train"]).to_pandas()
+                        columns=["user_id", "items", "event_types", "timestamps", "split"]).to_pandas()
     vocab = pd.read_parquet(data_path / "vocab" / "items.parquet")
     n_items = meta["counts"]["items"] + 2
     catalogue = np.full(n_items, None, object)
     catalogue[vocab["item_idx"].to_numpy()] = vocab["item_id"].to_numpy(dtype=object)
     etype_names = np.asarray(meta["event_types"], dtype=object)
-    keep = np.flatnonzero(seq["items"].map(len).to_numpy() >= 3)
-    end = seq["n_train"].to_numpy()[keep] + 1
+    test_pos = target_positions(seq["split"], TEST)
+    keep = np.flatnonzero(test_pos >= 0)
+    end = test_pos[keep]
     items = [np.asarray(seq["items"].iat[i], np.int64) for i in keep]
     hist = [it[:e] for it, e in zip(items, end)]
     targets = np.array([it[e] for it, e in zip(items, end)], np.int64)
@@ -164,6 +166,24 @@ def rescore(scorer, data_path: Path, exclude_seen: bool, batch_size: int = 512) 
     # -inf: items the champion never saw (it cannot recommend them); NaN would still be an error
     means, per = evaluate_ranking(score, len(keep), targets, seen, n_items, batch_size, allow_neg_inf=True)
     return means, per, users
+
+
+def trained_on_test(scorer, data_path: Path) -> dict:
+    """How many of the current data version's test events the bundle's model trained on (per user:
+    a test event no later than the user's last training event in the bundle). Re-scoring a champion
+    on events it learned from inflates its metrics, so the A/B refuses such a comparison."""
+    import pyarrow.parquet as pq
+
+    seq = pq.read_table(Path(data_path) / "sequences.parquet", columns=["user_id", "timestamps", "split"]).to_pandas()
+    last = scorer.train_last_timestamps(seq["user_id"].to_numpy(dtype=str))
+    if last is None:
+        return {"checked": False, "events": 0, "users": 0}
+    test_pos = target_positions(seq["split"], TEST)
+    keep = np.flatnonzero(test_pos >= 0)
+    ts = np.array([np.asarray(seq["timestamps"].iat[i])[p] for i, p in zip(keep, test_pos[keep])], np.int64)
+    hit = ts <= last[keep]
+    sample = [f"{u} at {t}" for u, t in zip(seq["user_id"].to_numpy(dtype=str)[keep][hit][:3], ts[hit][:3])]
+    return {"checked": True, "events": int(hit.sum()), "users": int(len(keep)), "sample": sample}
 
 
 def measure_latency(scorer, user_ids: np.ndarray, n: int, seed: int, rounds: int = 5) -> dict:
@@ -302,6 +322,27 @@ def write_report(out_dir: Path, d: dict, chal: Side, ref: Side) -> tuple[Path, P
     return path, png
 
 
+def _refuse(cfg: ABConfig, registry, run_dir: Path, version: int, champion: int, leak: dict, log) -> dict:
+    """The decision when the champion cannot be judged fairly on these test events: recorded, never a pass."""
+    reason = (f"champion version {champion} was trained on {leak['events']} of the {leak['users']} test events of "
+              f"this data version (e.g. {', '.join(leak['sample'])}): its re-scored metrics would be inflated. "
+              f"Evaluate on events after its training data (eval.protocol=temporal with a later eval.cutoff), "
+              f"or promote deliberately with `seqrec promote --version {version} --force`")
+    log(f"A/B refused: {reason}")
+    out = {"decision": "refused", "reasons": [reason], "baseline": f"version {champion}", "reference_version": champion,
+           "challenger_version": version, "mode": cfg.mode, "primary_metric": cfg.primary_metric,
+           "threshold": cfg.threshold, "lift": None, "relative_lift": None, "ci_low": None, "ci_high": None,
+           "p_value": None, "test": cfg.test, "alternative": None, "n_users": leak["users"], "shares": None,
+           "guardrails": {}, "latency": None, "overlap": leak}
+    ab_dir = Path(run_dir) / "ab"
+    ab_dir.mkdir(parents=True, exist_ok=True)
+    (ab_dir / "ab_report.md").write_text(f"# Offline A/B: version {version} vs version {champion}\n\n"
+                                         f"**Decision: REFUSED** - {reason}\n")
+    (ab_dir / "ab_decision.json").write_text(json.dumps(out, indent=2, default=str))
+    registry.record_decision(version, out)
+    return out
+
+
 def run_ab(cfg: ABConfig, registry, data_path: Path, run_dir: Path, summary: dict, version: int, bundle: Path,
            exclude_seen: bool, batch_size: int, seed: int, log=print) -> dict:
     """Compare the new version with the champion (or the baseline), write the report, record the
@@ -320,6 +361,9 @@ def run_ab(cfg: ABConfig, registry, data_path: Path, run_dir: Path, summary: dic
     else:
         with tempfile.TemporaryDirectory(prefix="seqrec-champion-") as tmp:
             scorer = Scorer(bundle_of(registry.client, registry.name, champion, Path(tmp)))
+            leak = trained_on_test(scorer, data_path)
+            if leak["events"]:
+                return _refuse(cfg, registry, run_dir, version, champion, leak, log)
             means, per, users = rescore(scorer, data_path, exclude_seen, batch_size)
             del scorer
         ref = Side(f"version {champion}", users, per, means["coverage@10"], champion)

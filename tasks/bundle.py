@@ -88,9 +88,12 @@ def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, wei
     (out / "model_config.json").write_text(mcfg.model_dump_json(indent=2))
     for name in ("items.parquet", "users.parquet"):
         shutil.copy2(data_path / "vocab" / name, out / name)
-    seq = pq.read_table(data_path / "sequences.parquet",
-                        columns=["user_id", "user_idx", "items", "event_types", "gap_buckets", "timestamps"]).to_pandas()
+    seq = pq.read_table(data_path / "sequences.parquet", columns=["user_id", "user_idx", "items", "event_types",
+                                                                 "gap_buckets", "timestamps", "n_train"]).to_pandas()
     seq["last_timestamp"] = [int(t[-1]) for t in seq["timestamps"]]
+    # what the model learned from, per user: the A/B refuses to judge it on those events later
+    seq["train_last_timestamp"] = [int(t[n - 1]) if n else -1 for t, n in zip(seq["timestamps"], seq["n_train"])]
+    seq = seq.drop(columns="n_train")
     seq.drop(columns="timestamps").to_parquet(out / "histories.parquet", index=False)
     etypes = np.concatenate(list(seq["event_types"])) if len(seq) else np.zeros(0, np.int64)
     gaps = np.concatenate(list(seq["gap_buckets"])) if len(seq) else np.zeros(0, np.int64)
@@ -146,6 +149,8 @@ class Scorer:
         self.hist_index = pd.Index(hist["user_id"].astype(str))
         self.hist = {c: list(hist[c]) for c in ("items", "event_types", "gap_buckets")}
         self.hist_user_idx = hist["user_idx"].to_numpy(np.int64)
+        self.hist_train_last = (hist["train_last_timestamp"].to_numpy(np.int64)
+                                if "train_last_timestamp" in hist else None)  # bundles before the record: None
         self.etype_index = pd.Index(self.info["event_types"])
         counts = np.load(root / "views" / "item_arrays.npz")["train_counts"].astype(np.float64)
         counts[:ITEM_FIRST] = -1
@@ -161,6 +166,13 @@ class Scorer:
     def user_rows(self, user_ids) -> np.ndarray:
         """Row in the stored histories per user id (-1 = unknown user)."""
         return self.hist_index.get_indexer(pd.Index(np.asarray(user_ids, dtype=object).astype(str)))
+
+    def train_last_timestamps(self, user_ids) -> np.ndarray | None:
+        """Per user id, the time of the last event this model trained on (-1: none; None: not recorded)."""
+        if self.hist_train_last is None:
+            return None
+        rows = self.user_rows(user_ids)
+        return np.where(rows >= 0, self.hist_train_last[np.maximum(rows, 0)], -1)
 
     def user_idx(self, user_ids) -> np.ndarray:
         pos = self.user_vocab.get_indexer(pd.Index(np.asarray(user_ids, dtype=object).astype(str)))

@@ -22,11 +22,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from seqrec.encoding import ITEM_PAD, ITEM_UNKNOWN, gap_buckets
 from seqrec.errors import DataContractError
 from seqrec.fsutil import stable_hash, write_json_atomic
+from seqrec.splits import Cutoffs, resolve_cutoff, split_codes
 from tasks.sources import ResolvedInputs
 from validation.config import ValidationConfig
 from validation.contract import event_pieces, read_events_piece, read_table_file
@@ -49,6 +52,18 @@ class PreprocessConfig(BaseModel):
     rows_per_bucket: int = Field(2_000_000, ge=1000, description="target events per user bucket (parallel unit)")
 
 
+class SplitConfig(BaseModel):
+    """The evaluation protocol (seqrec/splits.py), configured as eval.protocol / eval.cutoff /
+    eval.validation_cutoff and baked into the data version (its sequences carry the split)."""
+
+    model_config = ConfigDict(extra="forbid")
+    protocol: Literal["loo", "temporal"] = "loo"
+    cutoff: float | str = Field(0.9, description="temporal: the test cut-off: a fraction in (0, 1) = share of the "
+                                "events before it, or unix seconds, or an ISO date (UTC)")
+    validation_cutoff: float | str | None = Field(None, description="temporal: the validation cut-off, before "
+                                                  "`cutoff`; default: the same fraction of the events before it")
+
+
 class PreprocessResult(BaseModel):
     data_version: str
     path: str
@@ -59,8 +74,12 @@ class PreprocessResult(BaseModel):
     seconds: float = 0.0
 
 
-def data_version(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationConfig) -> str:
+def data_version(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationConfig,
+                 split: SplitConfig | None = None) -> str:
+    split = split or SplitConfig()
     return stable_hash({
+        # leave-one-out versions keep the hash they had before the protocol was configurable
+        **({"split": split.model_dump()} if split.protocol != "loo" else {}),
         "inputs": inputs.fingerprint, "columns": inputs.columns.model_dump(), "schema": inputs.schema_.model_dump(),
         "preprocess": pcfg.model_dump(), "quarantine": vcfg.model_dump(include={"mode", "max_quarantine_fraction",
                                                                                 "allowed_event_types", "value_min",
@@ -173,8 +192,10 @@ def _filtered(df: pd.DataFrame, item_keep: np.ndarray | None, user_keep: np.ndar
     return df[mask] if not mask.all() else df
 
 
-def build_sequences(df: pd.DataFrame, user_ids: np.ndarray, session_gap_s: int, edges: np.ndarray) -> pa.Table:
-    """Rows of (user, item, ts, etype, value, order) with final indices -> one row per user."""
+def build_sequences(df: pd.DataFrame, user_ids: np.ndarray, session_gap_s: int, edges: np.ndarray,
+                    cuts: Cutoffs | None = None) -> pa.Table:
+    """Rows of (user, item, ts, etype, value, order) with final indices -> one row per user, split
+    by the protocol (seqrec/splits.py; `cuts` None: leave-one-out)."""
     order = np.lexsort((df["order"].to_numpy(), df["ts"].to_numpy(), df["user"].to_numpy()))
     user = df["user"].to_numpy()[order]
     ts = df["ts"].to_numpy()[order]
@@ -192,16 +213,13 @@ def build_sequences(df: pd.DataFrame, user_ids: np.ndarray, session_gap_s: int, 
         new_session[1:] |= sk[1:] != sk[:-1]
     sess_global = np.cumsum(new_session) - 1
     session = (sess_global - np.repeat(sess_global[starts], lengths)).astype(np.int32)
-    pos_from_end = np.repeat(starts + lengths - 1, lengths) - np.arange(n)
-    eligible = np.repeat(lengths >= 3, lengths)
-    split = np.where(eligible & (pos_from_end == 0), 2, np.where(eligible & (pos_from_end == 1), 1, 0)).astype(np.int8)
+    split, n_train = split_codes(lengths, ts, cuts)
     offsets = pa.array(np.append(starts, n).astype(np.int32))
 
     def lst(values: np.ndarray) -> pa.ListArray:
         return pa.ListArray.from_arrays(offsets, pa.array(values))
 
     uidx = user[starts]
-    n_train = np.where(lengths >= 3, lengths - 2, lengths).astype(np.int32)
     return pa.table({
         "user_idx": pa.array(uidx.astype(np.int32)),
         "user_id": pa.array(user_ids[uidx], type=pa.string()),
@@ -219,13 +237,13 @@ def build_sequences(df: pd.DataFrame, user_ids: np.ndarray, session_gap_s: int, 
 
 def _finish_bucket(b: int, bucket: tuple[pd.DataFrame, int], item_keep: np.ndarray, user_keep: np.ndarray,
                    item_final: np.ndarray, user_final: np.ndarray, user_ids: np.ndarray, session_gap_s: int,
-                   edges: list[int], out_dir: str) -> tuple[int, int]:
+                   edges: list[int], out_dir: str, cuts: Cutoffs | None = None) -> tuple[int, int]:
     df = _filtered(bucket[0], item_keep, user_keep).copy()
     df["item"] = item_final[df["item"].to_numpy()]
     df["user"] = user_final[df["user"].to_numpy()]
     if len(df) == 0:
         return 0, 0
-    table = build_sequences(df, user_ids, session_gap_s, np.asarray(edges, np.int64))
+    table = build_sequences(df, user_ids, session_gap_s, np.asarray(edges, np.int64), cuts)
     table = table.take(pa.array(np.argsort(table["user_idx"].to_numpy(), kind="stable")))
     pq.write_table(table, Path(out_dir) / f"part-{b:05d}.parquet", row_group_size=200_000)
     return table.num_rows, len(df)
@@ -252,10 +270,11 @@ def _kcore(client, buckets, pcfg: PreprocessConfig, n_items: int, n_users: int) 
 
 
 def preprocess(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationConfig, client, workdir: Path,
-               quarantine_rules: list[Rule] | None = None) -> PreprocessResult:
+               quarantine_rules: list[Rule] | None = None, split: SplitConfig | None = None) -> PreprocessResult:
     """Run phases A-D on `client`; write a staged data version (see module doc)."""
     t0 = time.perf_counter()
-    version = data_version(inputs, pcfg, vcfg)
+    split = split or SplitConfig()
+    version = data_version(inputs, pcfg, vcfg, split)
     final = Path(workdir) / "data" / version
     if final.is_dir():
         meta = json.loads((final / "meta.json").read_text())
@@ -264,14 +283,14 @@ def preprocess(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationC
     staging = final.parent / f".staging-{version}-{int(time.time() * 1000)}"
     (staging / "sequences.parquet").mkdir(parents=True)
     try:
-        return _preprocess_into(staging, final, version, inputs, pcfg, vcfg, client, quarantine_rules, t0)
+        return _preprocess_into(staging, final, version, inputs, pcfg, vcfg, client, quarantine_rules, t0, split)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
 def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedInputs, pcfg: PreprocessConfig,
-                     vcfg: ValidationConfig, client, qrules, t0: float) -> PreprocessResult:
+                     vcfg: ValidationConfig, client, qrules, t0: float, split: SplitConfig) -> PreprocessResult:
     columns = inputs.columns.model_dump()
     etypes = event_type_vocab(vcfg, pcfg)
     pieces = event_pieces(inputs.events)
@@ -311,8 +330,9 @@ def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedI
     user_final[user_keep] = np.arange(user_keep.sum(), dtype=np.int32) + 1
     user_ids = np.concatenate([["<unknown>"], raw_users.to_numpy(dtype=object)[user_keep]]).astype(object)
     scattered = client.scatter([item_keep, user_keep, item_final, user_final, user_ids], broadcast=True, hash=False)
+    cuts = _cutoffs(client, buckets, scattered[0], scattered[1], split, inputs.events[0])
     rows = client.gather([client.submit(_finish_bucket, b, bk, *scattered, pcfg.session_gap_s, pcfg.gap_bucket_edges_s,
-                                        str(staging / "sequences.parquet"), pure=False)
+                                        str(staging / "sequences.parquet"), cuts, pure=False)
                           for b, bk in enumerate(buckets)])
     n_events = sum(r[1] for r in rows)
     drops["min_counts"] = int(before - n_events)
@@ -324,10 +344,34 @@ def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedI
             "source": inputs.source, "inputs": {"events": inputs.events, "users": inputs.users, "items": inputs.items},
             "schema": inputs.schema_.model_dump(), "preprocess": pcfg.model_dump(),
             "event_types": etypes, "n_gap_buckets": len(pcfg.gap_bucket_edges_s) + 3,
+            "split": {"protocol": split.protocol, **({"valid_cutoff": cuts.valid, "test_cutoff": cuts.test}
+                                                     if cuts else {})},
             "index": {"item_pad": PAD, "item_unknown": UNKNOWN, "item_first": 2, "user_unknown": 0}}
     write_json_atomic(staging / "meta.json", meta)
     return PreprocessResult(data_version=version, path=str(final), staging_path=str(staging), counts=counts,
                             drops=drops, seconds=time.perf_counter() - t0)
+
+
+def _bucket_timestamps(bucket: tuple[pd.DataFrame, int], item_keep: np.ndarray, user_keep: np.ndarray) -> np.ndarray:
+    return _filtered(bucket[0], item_keep, user_keep)["ts"].to_numpy()
+
+
+def _cutoffs(client, buckets, item_keep, user_keep, split: SplitConfig, file: str) -> Cutoffs | None:
+    """The temporal protocol's cut-offs in unix seconds, from the kept events (None for loo)."""
+    if split.protocol == "loo":
+        return None
+    ts = np.concatenate(client.gather([client.submit(_bucket_timestamps, b, item_keep, user_keep, pure=False)
+                                       for b in buckets]))
+    test = resolve_cutoff(split.cutoff, ts)
+    before = ts[ts < test]
+    if not len(before) or not (ts >= test).any():
+        raise DataContractError(file, "timestamp", f"eval.cutoff={split.cutoff!r} (unix {test}) must fall inside "
+                                f"the events' time span {int(ts.min())}..{int(ts.max())}: events before and after it")
+    valid = resolve_cutoff(split.validation_cutoff if split.validation_cutoff is not None else split.cutoff, before)
+    if not valid < test:
+        raise DataContractError(file, "timestamp", f"eval.validation_cutoff (unix {valid}) must come before "
+                                f"eval.cutoff (unix {test})")
+    return Cutoffs(valid=valid, test=test)
 
 
 def _write_vocab(out: Path, item_ids: np.ndarray, user_ids: np.ndarray, etypes: list[str]) -> None:

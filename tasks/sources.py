@@ -64,6 +64,8 @@ class SynthConfig(BaseModel):
                                                              "previous item's fixed successors")
     skip: float = Field(0.0, ge=0.0, le=1.0, description="probability that it is one of the fixed second-order "
                                                          "successors of the item two events back")
+    start_days: float | None = Field(None, ge=0, description="users start within this many days (default: spread "
+                                     "over 2020-2024); 0: all at once, so a temporal cut-off splits most users")
 
 
 class AttributeSchema(BaseModel):
@@ -272,10 +274,11 @@ def resolve_inputs(cfg: DataConfig) -> ResolvedInputs:
         s = cfg.synthetic
         root = cache / "synthetic" / (f"u{s.users}-i{s.items}-e{s.events}-s{s.seed}"
                                       + (f"-f{s.follow:g}" if s.follow != SynthConfig().follow else "")
-                                      + (f"-k{s.skip:g}" if s.skip else ""))
+                                      + (f"-k{s.skip:g}" if s.skip else "")
+                                      + (f"-d{s.start_days:g}" if s.start_days is not None else ""))
         if not (root / "MANIFEST.json").is_file():
             with atomic_dir(root) as tmp:
-                generate(s.users, s.items, s.events, s.seed, tmp, s.follow, s.skip)
+                generate(s.users, s.items, s.events, s.seed, tmp, s.follow, s.skip, s.start_days)
         events = expand_paths(str(root / "events"), "events")
         users, items = str(root / "users.parquet"), str(root / "items.parquet")
         schema = cfg.schema_ or SYNTH_SCHEMA

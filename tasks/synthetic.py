@@ -124,7 +124,8 @@ def _sample_genre_items(genre: np.ndarray, u: np.ndarray, cum: np.ndarray, membe
 
 def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, primary: np.ndarray,
                   succ: np.ndarray, cum: np.ndarray, members: np.ndarray, rng: np.random.Generator,
-                  follow_p: float = P_FOLLOW, skip_p: float = 0.0, succ2: np.ndarray | None = None) -> pd.DataFrame:
+                  follow_p: float = P_FOLLOW, skip_p: float = 0.0, succ2: np.ndarray | None = None,
+                  start_days: float | None = None) -> pd.DataFrame:
     n = len(uids)
     total = int(lengths.sum())
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -132,7 +133,10 @@ def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, prima
     out_ts = np.empty(total, np.int64)
     out_match = np.empty(total, np.float32)
     pref_cum = np.cumsum(pref, axis=1)
-    t = rng.integers(1_577_836_800, 1_704_067_200, n).astype(np.int64)  # 2020-01-01 .. 2024-01-01
+    if start_days is None:
+        t = rng.integers(1_577_836_800, 1_704_067_200, n).astype(np.int64)  # 2020-01-01 .. 2024-01-01
+    else:  # only then: default logs keep their random stream
+        t = 1_577_836_800 + rng.integers(0, int(start_days * 86_400) + 1, n).astype(np.int64)
     prev = np.full(n, -1, np.int64)
     prev2 = np.full(n, -1, np.int64)  # the item two events back
     for step in range(int(lengths.max())):
@@ -170,8 +174,12 @@ def _chunk_events(uids: np.ndarray, lengths: np.ndarray, pref: np.ndarray, prima
 
 
 def generate(n_users: int, n_items: int, n_events: int, seed: int, out: Path, follow: float = P_FOLLOW,
-             skip: float = 0.0) -> dict:
+             skip: float = 0.0, start_days: float | None = None) -> dict:
     """Write out/events/part-*.parquet, out/users.parquet, out/items.parquet and a MANIFEST.json.
+
+    `start_days`: users' first events fall within this many days from 2020-01-01 (default: spread
+    over 2020-2024, so users are active at different times and a global time cut-off finds few on
+    both sides of it; 0: everyone starts together, as in a log collected over a short period).
 
     `skip`: probability that the next item is one of the fixed *second-order* successors of the
     item two events back (its own table): a signal a first-order model (Markov) cannot see."""
@@ -200,13 +208,14 @@ def generate(n_users: int, n_items: int, n_events: int, seed: int, out: Path, fo
         lo, hi = c * CHUNK_USERS, min(n_users, (c + 1) * CHUNK_USERS)
         rng = np.random.default_rng([seed, c + 1])
         df = _chunk_events(np.arange(lo, hi), lengths[lo:hi], pref[lo:hi], primary, succ, cum, members, rng, follow,
-                           skip, succ2)
+                           skip, succ2, start_days)
         table = pa.Table.from_pandas(df, preserve_index=False)
         pq.write_table(table, out / "events" / f"part-{c:05d}.parquet", row_group_size=ROW_GROUP)
     manifest = {
         "generator": "seqrec.synthetic/1", "seed": seed,
         **({"follow": follow} if follow != P_FOLLOW else {}),  # manifests of default logs stay as they were
         **({"skip": skip} if skip else {}),
+        **({"start_days": start_days} if start_days is not None else {}),
         "counts": {"users": n_users, "items": n_items, "events": int(lengths.sum())},
         "files": {p.relative_to(out).as_posix(): file_digest(p) for p in sorted(out.rglob("*.parquet"))},
     }

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from models import distributed as ddp
@@ -31,17 +33,67 @@ from models.net import ModelConfig, SeqRecNet, param_count
 from models.train import (Trainer, TrainConfig, evaluate_model, pick_device, progress_printer, save_checkpoint,
                           seed_everything)
 from seqrec.fsutil import stable_hash, write_json_atomic
+from seqrec.splits import TEST, VALID, target_positions
 from tasks.bundle import load_net
-from tasks.preprocess import read_sequences
+from tasks.preprocess import SplitConfig, read_sequences
 
 
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    exclude_seen: bool = True
+    exclude_seen: bool | Literal["auto"] = Field(
+        "auto", description="rank only items the user has not interacted with. auto: on, unless the training "
+        "targets repeat a seen item more often than max_repeat_rate (then the mask would point at the answer)")
+    max_repeat_rate: float = Field(0.05, ge=0, le=1, description="exclude_seen=auto switches off above this share "
+                                   "of training targets that repeat an item the user saw before")
+    protocol: Literal["loo", "temporal"] = Field("loo", description="leave-one-out, or temporal cut-offs "
+                                                 "(seqrec/splits.py); part of the data version")
+    cutoff: float | str = Field(0.9, description="temporal: the test cut-off: a fraction in (0, 1) = share of the "
+                                "events before it, unix seconds, or an ISO date (UTC)")
+    validation_cutoff: float | str | None = Field(None, description="temporal: the validation cut-off; default: the "
+                                                  "same fraction of the events before `cutoff`")
+
+    def split(self) -> SplitConfig:
+        """What preprocessing needs of the protocol (it writes the split into the data version)."""
+        return SplitConfig(protocol=self.protocol, cutoff=self.cutoff, validation_cutoff=self.validation_cutoff)
     batch_size: int = 512
     item_chunk: int = Field(DEFAULT_ITEM_CHUNK, ge=1, description="items scored at a time in full-ranking "
                             "evaluation (memory ~ batch_size x item_chunk floats); results do not depend on it")
     baselines: list[str] = ["pop", "markov"]
+
+
+def repeat_rate(data_path: Path) -> float:
+    """Share of training targets (each user's training events after the first) that repeat an item
+    the same user interacted with earlier; validation and test events are not looked at."""
+    seq = read_sequences(data_path)
+    lens = seq["n_train"].to_numpy()
+    items = np.concatenate([np.asarray(v)[:n] for v, n in zip(seq["items"], lens)] or [np.zeros(0, np.int64)])
+    users = np.repeat(np.arange(len(lens)), lens)
+    repeats = pd.DataFrame({"u": users, "i": items}).duplicated().to_numpy()  # a later occurrence of (user, item)
+    targets = int(np.maximum(lens - 1, 0).sum())
+    return float(repeats.sum() / targets) if targets else 0.0
+
+
+def resolve_exclude_seen(data_path: Path, ecfg: EvalConfig, log=print) -> tuple[EvalConfig, dict]:
+    """`exclude_seen=auto` decided on this data version. With exclusion every seen item is masked but
+    the target; when targets are often repeats, that mask tells the ranking which seen item is the
+    answer (metrics inflated, model selection misled), so auto keeps repeats rankable there."""
+    rate = repeat_rate(data_path)
+    heavy = rate > ecfg.max_repeat_rate
+    if ecfg.exclude_seen == "auto":
+        exclude = not heavy
+        reason = (f"training targets repeat a seen item {rate:.1%} of the time (> eval.max_repeat_rate "
+                  f"{ecfg.max_repeat_rate:.0%}): seen items stay rankable, a mask would hint at the answer"
+                  if heavy else f"training targets repeat a seen item {rate:.1%} of the time: seen items excluded")
+        if heavy:
+            log(f"eval.exclude_seen=auto -> false: {reason}")
+    else:
+        exclude = bool(ecfg.exclude_seen)
+        reason = "set in the configuration"
+        if exclude and heavy:
+            log(f"warning: eval.exclude_seen=true although training targets repeat a seen item {rate:.1%} of the "
+                f"time: the mask leaves the target as the only seen item, which inflates the metrics")
+    return ecfg.model_copy(update={"exclude_seen": exclude}), {"exclude_seen": exclude, "repeat_rate": round(rate, 5),
+                                                                "reason": reason}
 
 
 def load_sequences(data_path: Path, views: Path) -> Sequences:
@@ -52,7 +104,8 @@ def load_sequences(data_path: Path, views: Path) -> Sequences:
                      etypes=[np.asarray(x, np.int64) for x in seq["event_types"]],
                      gaps=[np.asarray(x, np.int64) for x in seq["gap_buckets"]],
                      engage=[np.asarray(x, np.int64) for x in engage],
-                     n_train=seq["n_train"].to_numpy().astype(np.int64))
+                     n_train=seq["n_train"].to_numpy().astype(np.int64),
+                     valid_pos=target_positions(seq["split"], VALID), test_pos=target_positions(seq["split"], TEST))
 
 
 def build_net(data_path: Path, views: Path, mcfg: ModelConfig) -> SeqRecNet:
@@ -159,8 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     # a rank that fails exits non-zero and torchrun stops the others: no barrier on that path
     # the launch decides the process count (train.processes is what asks for one)
     tcfg = cfg.train.model_copy(update={"processes": ctx.world_size})
+    ecfg = resolve_exclude_seen(Path(args.data), cfg.eval)[0] if cfg.eval.exclude_seen == "auto" else cfg.eval
     res = train(Path(args.data), Path(args.views), cfg.model, tcfg, cfg.seed, Path(args.run_dir),
-                log=progress_printer(f"[rank{ctx.rank}] "), exclude_seen=cfg.eval.exclude_seen,
+                log=progress_printer(f"[rank{ctx.rank}] "), exclude_seen=ecfg.exclude_seen,
                 ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None, dist=ctx, item_chunk=cfg.eval.item_chunk)
     if ctx.is_main:
         write_json_atomic(Path(args.result or Path(args.run_dir) / "train_result.json"), res)
@@ -170,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
 def evaluate(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, ecfg: EvalConfig,
              model_path: Path, run_dir: Path) -> dict:
     """Validation (for the record) and the single test pass; baselines on the same users."""
+    if ecfg.exclude_seen == "auto":
+        ecfg = resolve_exclude_seen(data_path, ecfg)[0]
     net = build_net(data_path, views, mcfg)
     net.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
     net.to(pick_device(tcfg))

@@ -18,6 +18,7 @@ from seqrec.fsutil import commit_dir
 from tasks.preprocess import PreprocessResult
 from tasks.sources import ResolvedInputs
 from validation.config import ValidationConfig
+from seqrec.splits import Cutoffs
 from validation.contract import event_pieces, read_events_piece, read_table_file, type_entities
 from validation.suites import (Rule, TableResult, apply_quarantine, entity_rules, event_rules, merge_outcomes,
                                merge_sequence_checks, raise_for, sequence_checks, sequence_rules, validate_frame, write_reports)
@@ -96,10 +97,10 @@ def validate_raw(inputs: ResolvedInputs, vcfg: ValidationConfig, client, report_
     return results
 
 
-def _part_checks(path: str) -> pd.DataFrame:
+def _part_checks(path: str, cuts: Cutoffs | None = None) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
-    return sequence_checks(pq.read_table(path))
+    return sequence_checks(pq.read_table(path), cuts)
 
 
 def validate_processed(pre: PreprocessResult, vcfg: ValidationConfig, raw_results: list[TableResult],
@@ -114,8 +115,10 @@ def validate_processed(pre: PreprocessResult, vcfg: ValidationConfig, raw_result
         meta = json.loads((staging / "meta.json").read_text())
         # per part (one per user bucket) in parallel; only per-user scalars are merged, never the events
         parts = sorted(str(p) for p in (staging / "sequences.parquet").glob("part-*.parquet"))
-        checks = merge_sequence_checks(client.gather(client.map(_part_checks, parts, pure=False)) if client
-                                       else [_part_checks(p) for p in parts])
+        split = meta.get("split") or {"protocol": "loo"}
+        cuts = Cutoffs(split["valid_cutoff"], split["test_cutoff"]) if split["protocol"] == "temporal" else None
+        checks = merge_sequence_checks(client.gather(client.map(_part_checks, parts, cuts=cuts, pure=False)) if client
+                                       else [_part_checks(p, cuts) for p in parts])
         rules = sequence_rules(meta["counts"]["items"], len(meta["event_types"]) - 1, vcfg.min_eval_users)
         t = time.perf_counter()
         res = TableResult("sequences", rules, validate_frame("sequences", checks, rules,

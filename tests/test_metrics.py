@@ -78,7 +78,8 @@ def test_training_windows_train_every_target_once_with_context():
     L = 5
     for n in (2, 4, 23, 57):
         seqs = Sequences(user=np.array([1]), items=[np.arange(2, 2 + n)], etypes=[np.ones(n, int)],
-                         gaps=[np.ones(n, int)], engage=[np.zeros(n, int)], n_train=np.array([n]))
+                         gaps=[np.ones(n, int)], engage=[np.zeros(n, int)], n_train=np.array([n]),
+                         valid_pos=np.array([-1]), test_pos=np.array([-1]))
         for stride in (None, 2, 3, 5):
             w = training_windows(seqs, L, stride)
             t, seq = w["target"].numpy(), w["seq"].numpy()

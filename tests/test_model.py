@@ -231,3 +231,20 @@ def test_a_diverging_run_stops_at_the_step_with_the_settings_to_change(data_path
     with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 2 of \d+.*train\.lr.*train\.clip_norm"):
         train(data_path, views, SMALL, bad, 0, tmp_path / "run", log=lambda m: None)
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_the_default_never_hides_repeats_on_repeat_heavy_data(data_path):
+    """On the synthetic log about half of the training targets repeat a seen item: masking seen items
+    (all but the target) would point at the answer, so the default keeps them rankable and says why."""
+    from tasks.train import repeat_rate, resolve_exclude_seen
+
+    rate = repeat_rate(data_path)
+    assert 0.3 < rate < 0.7
+    said: list[str] = []
+    auto, record = resolve_exclude_seen(data_path, EvalConfig(), said.append)
+    assert auto.exclude_seen is False and record["repeat_rate"] == pytest.approx(rate, abs=1e-5)
+    assert "max_repeat_rate" in said[0] and "hint" in record["reason"]
+    kept, _ = resolve_exclude_seen(data_path, EvalConfig(max_repeat_rate=0.9), said.append)
+    assert kept.exclude_seen is True
+    forced, _ = resolve_exclude_seen(data_path, EvalConfig(exclude_seen=True), said.append)
+    assert forced.exclude_seen is True and "inflates" in said[-1]

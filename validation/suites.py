@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from seqrec.errors import DataContractError
+from seqrec.splits import TEST, Cutoffs, split_codes
 from validation.config import MIN_TIMESTAMP, ValidationConfig
 
 Kind = Literal["not_null", "between", "in_set", "unique", "rows_at_least"]
@@ -189,8 +190,8 @@ def entity_rules(key: str, table: str, numeric: list[str], cfg: ValidationConfig
 def sequence_rules(n_items: int, n_event_types: int, min_eval_users: int = 2) -> list[Rule]:
     return [
         Rule("user_idx", "rows_at_least", "sequences must not be empty", min=1, row_level=False),
-        Rule("eval_users", "between", f"at least {min_eval_users} users need 3 or more events (leave-one-out takes "
-             f"a validation and a test event from each)", min=min_eval_users, row_level=False,
+        Rule("eval_users", "between", f"at least {min_eval_users} users need a test event (leave-one-out: 3 or more "
+             f"events; temporal: events before and after eval.cutoff)", min=min_eval_users, row_level=False,
              report_column="user_id"),
         Rule("user_idx", "unique", "one row per user", row_level=False),
         Rule("min_item", "between", f"item indices must be in [2, {n_items + 1}] (0=pad, 1=unknown)",
@@ -199,13 +200,13 @@ def sequence_rules(n_items: int, n_event_types: int, min_eval_users: int = 2) ->
         Rule("max_event_type", "between", f"event type indices must be in [1, {n_event_types}]",
              min=1, max=n_event_types, row_level=False),
         Rule("time_sorted", "in_set", "timestamps must be non-decreasing within a user", values=(True,), row_level=False),
-        Rule("split_ok", "in_set", "split markers must be train..., valid, test (or all train below 3 events)",
+        Rule("split_ok", "in_set", "split markers must follow the evaluation protocol (seqrec/splits.py)",
              values=(True,), row_level=False),
         Rule("lengths_ok", "in_set", "all per-event lists of a user must have the same length", values=(True,), row_level=False),
     ]
 
 
-def sequence_checks(part: "pyarrow.Table") -> pd.DataFrame:  # noqa: F821
+def sequence_checks(part: "pyarrow.Table", cuts: Cutoffs | None = None) -> pd.DataFrame:  # noqa: F821
     """Per-user scalar invariants of one part of sequences.parquet (vectorised over the flattened
     lists: a part holds millions of events). `eval_users` is filled in once all parts are merged."""
     import pyarrow.compute as pc
@@ -234,17 +235,16 @@ def sequence_checks(part: "pyarrow.Table") -> pd.DataFrame:  # noqa: F821
     step_bad = np.zeros(len(ts), bool)
     if len(ts) > 1 and (n == n_ts).all():
         step_bad[1:] = (np.diff(ts) < 0) & (user_of[1:] == user_of[:-1])
-    # split markers: 0 everywhere except (1, 2) on the last two events of users with 3+ events
-    want = np.zeros(len(items), np.int8)
-    pos_from_end = np.repeat(starts + n - 1, n) - np.arange(len(items))
-    long_user = np.repeat(n >= 3, n)
-    want[long_user & (pos_from_end == 1)] = 1
-    want[long_user & (pos_from_end == 0)] = 2
-    split_bad = split.astype(np.int8) != want if (n == n_split).all() else np.ones(len(items), bool)
+    # split markers as the protocol places them (leave-one-out, or the temporal cut-offs)
+    ok_lengths = (n == n_split).all() and (n == n_ts).all()
+    want = split_codes(n, ts, cuts)[0] if ok_lengths else None
+    split_bad = split.astype(np.int8) != want if ok_lengths else np.ones(len(items), bool)
+    has_test = np.bincount(user_of[split.astype(np.int8) == TEST], minlength=len(n)) if ok_lengths else \
+        np.zeros(len(n), np.int64)
     return pd.DataFrame({
         "user_idx": part["user_idx"].to_numpy(),
         "eval_users": np.zeros(len(n), np.int64),
-        "n_events": n,
+        "has_test": has_test > 0,
         "min_item": per_user(items, np.minimum),
         "max_item": per_user(items, np.maximum),
         "max_event_type": per_user(etypes, np.maximum),
@@ -258,13 +258,13 @@ def sequence_checks(part: "pyarrow.Table") -> pd.DataFrame:  # noqa: F821
 def merge_sequence_checks(parts: list[pd.DataFrame]) -> pd.DataFrame:
     checks = pd.concat(parts, ignore_index=True) if parts else sequence_checks_empty()
     # a table-level count repeated per row, so the rule table can express it
-    checks["eval_users"] = int((checks["n_events"] >= 3).sum())
-    return checks.drop(columns="n_events")
+    checks["eval_users"] = int(checks["has_test"].sum())
+    return checks.drop(columns="has_test")
 
 
 def sequence_checks_empty() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
-        ("user_idx", "int32"), ("eval_users", "int64"), ("n_events", "int64"), ("min_item", "int64"),
+        ("user_idx", "int32"), ("eval_users", "int64"), ("has_test", bool), ("min_item", "int64"),
         ("max_item", "int64"), ("max_event_type", "int64"), ("time_sorted", bool), ("split_ok", bool),
         ("lengths_ok", bool))})
 

@@ -1,0 +1,135 @@
+"""Evaluation protocols: leave-one-out and the temporal holdout are written into the data version as
+split codes, the processed gate checks them, evaluation reads its targets from them, and the A/B
+refuses to judge a champion on test events it trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from seqrec.splits import CONTEXT, LATER, TEST, TRAIN, VALID, Cutoffs, resolve_cutoff, split_codes
+
+
+def test_leave_one_out_codes_by_hand():
+    codes, n_train = split_codes(np.array([4, 2, 3]), np.arange(9), None)
+    assert codes.tolist() == [TRAIN, TRAIN, VALID, TEST, TRAIN, TRAIN, TRAIN, VALID, TEST]
+    assert n_train.tolist() == [2, 2, 1]
+
+
+def test_temporal_codes_by_hand():
+    # cut-offs: validation at 10, test at 20
+    ts = np.array([1, 5, 12, 15, 21, 30,   # trains 2, validates at 12, 15 is context, tests at 21, 30 later
+                   11, 22,                 # nothing before 10: no validation, 11 is context, tests at 22
+                   2, 3,                   # nothing after 10: trains only
+                   25, 26])                # nothing before 20: never evaluated
+    codes, n_train = split_codes(np.array([6, 2, 2, 2]), ts, Cutoffs(valid=10, test=20))
+    assert codes.tolist() == [TRAIN, TRAIN, VALID, CONTEXT, TEST, LATER,
+                              CONTEXT, TEST,
+                              TRAIN, TRAIN,
+                              LATER, LATER]
+    assert n_train.tolist() == [2, 0, 2, 0]
+
+
+def test_cutoffs_from_fractions_seconds_and_dates():
+    ts = np.arange(1000, 2000)
+    assert resolve_cutoff(0.9, ts) == 1900 and resolve_cutoff("0.5", ts) == 1500
+    assert resolve_cutoff(1_700_000_000, ts) == 1_700_000_000
+    assert resolve_cutoff("2023-11-14T22:13:20Z", ts) == 1_700_000_000
+    assert resolve_cutoff("2023-11-14", ts) == 1_699_920_000  # a date without zone is UTC midnight
+    with pytest.raises(ValueError):
+        resolve_cutoff(-1, ts)
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory):
+    """A synthetic log whose users are active over the same period, preprocessed under both
+    protocols (and gated)."""
+    from tasks.synthetic import generate
+    from tasks.dask_cluster import DaskConfig, dask_client
+    from tasks.preprocess import PreprocessConfig, SplitConfig, preprocess
+    from tasks.sources import SYNTH_SCHEMA, DataConfig, resolve_inputs
+    from tasks.validate import validate_processed, validate_raw
+    from validation.config import ValidationConfig
+
+    wd = tmp_path_factory.mktemp("protocols")
+    synth_dir = wd / "src"
+    generate(300, 80, 12_000, 7, synth_dir, start_days=0)
+    out = {}
+    with dask_client(DaskConfig(processes=False, n_workers=1), wd) as client:
+        inputs = resolve_inputs(DataConfig(source="files", events=str(synth_dir / "events"),
+                                           users=str(synth_dir / "users.parquet"),
+                                           items=str(synth_dir / "items.parquet"), schema=SYNTH_SCHEMA.model_dump()))
+        raw = validate_raw(inputs, ValidationConfig(), client, wd / "run")
+        for name, split in (("loo", SplitConfig()), ("temporal", SplitConfig(protocol="temporal", cutoff=0.7)),
+                            ("early", SplitConfig(protocol="temporal", cutoff=0.5))):
+            res = preprocess(inputs, PreprocessConfig(), ValidationConfig(), client, wd, split=split)
+            validate_processed(res, ValidationConfig(), raw, wd / "run", client)
+            out[name] = Path(res.path)
+    return out
+
+
+def _events(path: Path):
+    seq = pq.read_table(path / "sequences.parquet").to_pandas()
+    ts = np.concatenate([np.asarray(t) for t in seq["timestamps"]])
+    codes = np.concatenate([np.asarray(c) for c in seq["split"]])
+    return ts, codes
+
+
+def test_temporal_holdout_tests_only_on_events_after_all_training(versions):
+    import json
+
+    ts, codes = _events(versions["temporal"])
+    meta = json.loads((versions["temporal"] / "meta.json").read_text())["split"]
+    assert meta["protocol"] == "temporal" and meta["valid_cutoff"] < meta["test_cutoff"]
+    assert ts[codes == TRAIN].max() < meta["valid_cutoff"] <= ts[codes == VALID].min()
+    assert ts[codes == TEST].min() >= meta["test_cutoff"] > ts[codes == VALID].max()
+    assert (codes == TEST).sum() >= 50
+    # leave-one-out on the same log: some users' test events precede other users' training events
+    ts, codes = _events(versions["loo"])
+    assert ts[codes == TEST].min() < ts[codes == TRAIN].max()
+    assert versions["loo"].name != versions["temporal"].name  # the protocol is part of the data version
+
+
+def test_temporal_evaluation_inputs_are_everything_before_the_cutoff(versions):
+    from tasks.features import ViewsConfig, build_views
+    from tasks.train import load_sequences
+    from models.data import eval_inputs
+
+    path = versions["temporal"]
+    views = build_views(path, ViewsConfig(text_encoder="tfidf"), path.parent / "cache")
+    seqs = load_sequences(path, views)
+    seq = pq.read_table(path / "sequences.parquet").to_pandas()
+    test = eval_inputs(seqs, 50, "test")
+    for row, hist, target in zip(test["rows"][:50], test["history"][:50], test["target"][:50]):
+        codes = np.asarray(seq["split"].iat[row])
+        p = int(np.flatnonzero(codes == TEST)[0])
+        assert np.array_equal(hist, np.asarray(seq["items"].iat[row])[:p]) and target == seq["items"].iat[row][p]
+        assert set(codes[:p].tolist()) <= {TRAIN, VALID, CONTEXT}
+    valid = eval_inputs(seqs, 50, "validation")
+    for row, hist in zip(valid["rows"][:50], valid["history"][:50]):
+        assert len(hist) == seqs.n_train[row]  # validation sees the training events only
+
+
+def test_the_ab_refuses_a_champion_trained_on_the_test_events(versions, tmp_path):
+    """A champion trained under leave-one-out has learned from most events before an early cut-off:
+    judged on that period it would look better than it is."""
+    from models.net import ModelConfig
+    from models.train import TrainConfig
+    from tasks.ab import trained_on_test
+    from tasks.bundle import Scorer, write_bundle
+    from tasks.features import ViewsConfig, build_views
+    from tasks.train import train
+
+    path = versions["loo"]
+    views = build_views(path, ViewsConfig(text_encoder="tfidf"), tmp_path / "c")
+    mcfg = ModelConfig(dim=16, layers=1, max_len=10)
+    tr = train(path, views, mcfg, TrainConfig(epochs=1, threads=1, progress=False), 0, tmp_path / "run",
+               log=lambda m: None)
+    scorer = Scorer(write_bundle(tmp_path / "bundle", path, views, mcfg, Path(tr["model_path"]), True))
+    same = trained_on_test(scorer, path)
+    assert same["checked"] and same["events"] == 0  # its own held-out events: a fair comparison
+    early = trained_on_test(scorer, versions["early"])
+    assert early["events"] > early["users"] // 2 and early["sample"]
