@@ -20,7 +20,7 @@ def score_task(config: PipelineConfig, workdir: Path, alias: str, k: int) -> dic
     from tasks.registry import RegistryError, open_registry
     from tasks.tracking import bundle_of
 
-    reg = open_registry(config.tracking, workdir)
+    reg = open_registry(config.tracking, workdir, require_shared=False)  # reads an alias only
     version = reg.aliases().get(alias)
     if version is None:
         raise RegistryError(f"model '{reg.name}' has no alias '{alias}' yet (run the training flow first)")

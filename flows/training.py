@@ -43,7 +43,8 @@ def validate_raw_task(inputs, vcfg, report_dir: Path):
 
 def _preprocess_key(_ctx, p: dict) -> str:
     # the data version is the content hash of the raw inputs + preprocessing config
-    return f"preprocess-{pre.data_version(p['inputs'], p['pcfg'], p['vcfg'])}-{stable_hash(str(p['workdir']), n=8)}"
+    version = pre.data_version(p["inputs"], p["pcfg"], p["vcfg"], p["split"])
+    return f"preprocess-{version}-{stable_hash(str(p['workdir']), n=8)}"
 
 
 def _features_key(_ctx, p: dict) -> str:
@@ -53,9 +54,9 @@ def _features_key(_ctx, p: dict) -> str:
 
 
 @task(name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)
-def preprocess_task(inputs, pcfg, vcfg, workdir: Path, qrules):
+def preprocess_task(inputs, pcfg, vcfg, workdir: Path, qrules, split):
     with stage_client() as client:
-        return pre.preprocess(inputs, pcfg, vcfg, client, workdir, qrules)
+        return pre.preprocess(inputs, pcfg, vcfg, client, workdir, qrules, split)
 
 
 @task(name="validate_processed", cache_policy=NO_CACHE)
@@ -158,14 +159,24 @@ def evaluate_task(data_path: str, views: Path, config: PipelineConfig, model_pat
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(config: PipelineConfig, workdir: Path, run_dir: Path, summary: dict, data_path: str,
                   views: Path) -> dict:
+    import shutil
+
     from prefect.runtime import flow_run
 
     from seqrec.fsutil import flatten
     from tasks.bundle import write_bundle
+    from tasks.registry import open_registry
     from tasks.tracking import log_and_register
 
+    # before anything is written or registered: a store without a shared registry directory
+    # (ConfigError) or a champion deleted in MLflow (RegistryError naming the repair) stops here,
+    # instead of registering versions that can never be compared or promoted
+    open_registry(config.tracking, workdir).check_champion()
+    if (run_dir / "bundle").exists():  # an earlier attempt of this run (a retry or resume)
+        shutil.rmtree(run_dir / "bundle")
     bundle = write_bundle(run_dir / "bundle", Path(data_path), views, config.model,
                           Path(summary["training"]["model_path"]), config.eval.exclude_seen)
+    # idempotent: an earlier attempt's version is returned instead of registering another
     return log_and_register(config.tracking, workdir, run_dir, config.model_dump(mode="json", by_alias=True),
                             flatten(config), summary, bundle, flow_run.get_id())
 
@@ -188,10 +199,18 @@ def promote_task(config: PipelineConfig, workdir: Path, version: int, decision: 
     registry = open_registry(config.tracking, workdir)
     if decision["decision"] != "pass":
         return False
-    if registry.champion() != decision["reference_version"]:  # cannot happen under the lock; never act stale
-        raise RegistryError(f"champion moved to {registry.champion()} after the A/B against "
+    champion = registry.champion()
+    if champion == version:  # a resumed run whose (reused) version an earlier attempt promoted
+        get_run_logger().info("version %d is already the champion (promoted by an earlier attempt)", version)
+        return True
+    if champion != decision["reference_version"]:  # cannot happen under the lock; never act stale
+        raise RegistryError(f"champion moved to {champion} after the A/B against "
                             f"{decision['reference_version']}; not promoting version {version}")
-    registry.promote(version, "promote", mlflow_run_id, decision, reason=f"A/B pass against {decision['baseline']}")
+    entry = registry.promote(version, "promote", mlflow_run_id, decision,
+                             reason=f"A/B pass against {decision['baseline']}")
+    # the alias moved: the promotion is done; bookkeeping that failed after it is a warning, not a failure
+    for w in entry.get("warnings") or []:
+        get_run_logger().warning("promote: %s", w)
     return True
 
 
@@ -235,11 +254,15 @@ def training_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".se
     from prefect.runtime import flow_run
 
     from seqrec.paths import check_paths
+    from tasks.tracking import registry_dir
 
     log = get_run_logger()
     wd = Path(workdir).resolve()
     # before anything is written: a deployment's parameters skip the CLI's check
     config = check_paths(config, wd)
+    if until not in STAGES[:STAGES.index("register")]:
+        # a remote store without a shared promotion log is refused now, not after training
+        registry_dir(config.tracking, wd)
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + str(flow_run.get_id() or "")[:6]
     run_dir = wd / "runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -293,7 +316,7 @@ def _pipeline(run: Runner, config: PipelineConfig, wd: Path, run_dir: Path, inpu
     if until == "validate_raw":
         return
     qrules = next(r for r in raw if r.table == "events").quarantine_rules or None
-    version = pre.data_version(inputs, config.preprocess, config.validation)
+    version = pre.data_version(inputs, config.preprocess, config.validation, config.eval.split())
     # one writer per data version: a second run waits, then finds it; a writer killed earlier left only
     # an invisible staging directory, removed here (no live writer can own it while we hold the lock)
     with sole_writer(wd / "data" / version, f".staging-{version}-*", log.info, "data version"):
@@ -308,6 +331,11 @@ def _pipeline(run: Runner, config: PipelineConfig, wd: Path, run_dir: Path, inpu
         summary.data["views_reused"] = cached
     if until == "features":
         return
+    from tasks.train import resolve_exclude_seen
+
+    # one evaluation protocol for model selection, evaluation, the bundle and the A/B
+    ecfg, summary.data["eval_protocol"] = resolve_exclude_seen(Path(result.path), config.eval, log.warning)
+    config = config.model_copy(update={"eval": ecfg})
     with summary.stage("train"):
         trained = local(train_task, data_path=result.path, views=views, config=config, run_dir=run_dir)
         summary.data["history"] = trained.pop("history")
@@ -341,11 +369,15 @@ def _pipeline(run: Runner, config: PipelineConfig, wd: Path, run_dir: Path, inpu
         with summary.stage("compare"):
             ab = local(compare_task, config=config, workdir=wd, data_path=result.path, run_dir=run_dir,
                      summary=summary.data)
-            summary.data["ab"] = {k: ab[k] for k in ("decision", "reasons", "baseline", "reference_version",
-                                                     "primary_metric", "lift", "relative_lift", "ci_low", "ci_high",
-                                                     "p_value", "test", "n_users", "guardrails", "latency")}
-            log.info("A/B vs %s: lift %+.5f [%+.5f, %+.5f], p=%.3g -> %s %s", ab["baseline"], ab["lift"],
-                     ab["ci_low"], ab["ci_high"], ab["p_value"], ab["decision"], "; ".join(ab["reasons"]))
+            summary.data["ab"] = {k: ab[k] for k in ("decision", "reasons", "baseline", "reference_version", "mode",
+                                                     "primary_metric", "threshold", "lift", "relative_lift", "ci_low",
+                                                     "ci_high", "p_value", "test", "alternative", "n_users", "shares",
+                                                     "guardrails", "latency")}
+            if ab["lift"] is None:  # refused: no comparison was made
+                log.warning("A/B vs %s: %s %s", ab["baseline"], ab["decision"], "; ".join(ab["reasons"]))
+            else:
+                log.info("A/B vs %s: lift %+.5f [%+.5f, %+.5f], p=%.3g -> %s %s", ab["baseline"], ab["lift"],
+                         ab["ci_low"], ab["ci_high"], ab["p_value"], ab["decision"], "; ".join(ab["reasons"]))
         if until == "compare":
             return
         with summary.stage("promote"):
@@ -353,7 +385,12 @@ def _pipeline(run: Runner, config: PipelineConfig, wd: Path, run_dir: Path, inpu
                                            decision=ab, mlflow_run_id=reg["mlflow_run_id"])
             summary.data["champion"] = registry.champion()
     _artifact(ab_artifact, summary.data)
-    _log_run_artifacts(registry.client, reg["mlflow_run_id"], run_dir, summary)
+    try:  # the decision (and a promotion) is done and recorded; attaching the reports is bookkeeping
+        _log_run_artifacts(registry.client, reg["mlflow_run_id"], run_dir, summary)
+    except Exception as e:  # noqa: BLE001
+        summary.data.setdefault("warnings", []).append(f"could not attach the A/B report to the MLflow run: {e}")
+        summary.save()
+        log.warning("could not attach the A/B report to MLflow run %s: %s", reg["mlflow_run_id"], e)
 
 
 def _preprocess_and_validate(run: "Runner", local: "Runner", config: PipelineConfig, wd: Path, run_dir: Path,
@@ -365,7 +402,8 @@ def _preprocess_and_validate(run: "Runner", local: "Runner", config: PipelineCon
         # an expected cache hit is looked up in the flow process: shipping it to a worker costs imports
         result = (local if exists and not refresh else run)(
             preprocess_task.with_options(result_storage=storage, refresh_cache=refresh or not exists),
-            inputs=inputs, pcfg=config.preprocess, vcfg=config.validation, workdir=wd, qrules=qrules)
+            inputs=inputs, pcfg=config.preprocess, vcfg=config.validation, workdir=wd, qrules=qrules,
+            split=config.eval.split())
         if exists and not refresh:  # a cache hit, or the content-addressed version found on disk
             result = result.model_copy(update={"reused": True, "staging_path": None})
         summary.data.update(data_version=result.data_version, data_path=result.path, data_reused=result.reused,

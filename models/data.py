@@ -24,6 +24,7 @@ class Sequences:
     n_train: np.ndarray
     valid_pos: np.ndarray     # (U,) position of the validation target, -1 where none
     test_pos: np.ndarray      # (U,) position of the test target, -1 where none
+    attr: np.ndarray | None = None  # (N, A) item attributes: windows then carry a summary of earlier events
 
     def train_items(self) -> list[np.ndarray]:
         return [s[:n] for s, n in zip(self.items, self.n_train)]
@@ -38,6 +39,11 @@ def left_pad(rows: list[np.ndarray], L: int, dtype=np.int64) -> np.ndarray:
     return out
 
 
+def prefix_summary(items: np.ndarray, start: int, attr: np.ndarray) -> tuple[int, np.ndarray]:
+    """The events before a window that starts at `start`: their count and attribute sums."""
+    return start, attr[items[:start]].sum(0, dtype=np.float32)
+
+
 def training_windows(seqs: Sequences, L: int, stride: int | None = None) -> dict[str, torch.Tensor]:
     """Cut each user's training events into windows of L+1 events from the end, `stride` apart.
 
@@ -45,7 +51,7 @@ def training_windows(seqs: Sequences, L: int, stride: int | None = None) -> dict
     at least L - stride events of context, and the earliest window (starting at the first event)
     trains whatever is left. Every target is trained exactly once."""
     stride = min(stride or L, L)
-    cols: dict[str, list] = {k: [] for k in ("seq", "etype", "gap", "target", "engage", "user")}
+    cols: dict[str, list] = {k: [] for k in ("seq", "etype", "gap", "target", "engage", "user", "pre_n", "pre_attr")}
     for u, items, et, gp, en, n in zip(seqs.user, seqs.items, seqs.etypes, seqs.gaps, seqs.engage, seqs.n_train):
         end = int(n)
         covered_from = end  # item positions >= this are targets of a later window already
@@ -63,13 +69,24 @@ def training_windows(seqs: Sequences, L: int, stride: int | None = None) -> dict
             cols["target"].append(target)
             cols["engage"].append(w_en[1:])
             cols["user"].append(u)
+            if seqs.attr is not None:
+                n_pre, attr_pre = prefix_summary(items, start, seqs.attr)
+                cols["pre_n"].append(n_pre)
+                cols["pre_attr"].append(attr_pre)
             if start == 0:
                 break
             covered_from = end - stride
             end = end - stride
-    out = {k: torch.as_tensor(left_pad(v, L)) for k, v in cols.items() if k != "user"}
+    out = {k: torch.as_tensor(left_pad(v, L)) for k, v in cols.items() if k not in ("user", "pre_n", "pre_attr")}
     out["user"] = torch.as_tensor(np.asarray(cols["user"], np.int64))
+    if seqs.attr is not None:
+        out.update(_prefix_tensors(cols["pre_n"], cols["pre_attr"], seqs.attr.shape[1]))
     return out
+
+
+def _prefix_tensors(pre_n: list[int], pre_attr: list[np.ndarray], width: int) -> dict[str, torch.Tensor]:
+    return {"pre_n": torch.as_tensor(np.asarray(pre_n, np.int64)),
+            "pre_attr": torch.as_tensor(np.stack(pre_attr) if pre_attr else np.zeros((0, width), np.float32))}
 
 
 def eval_inputs(seqs: Sequences, L: int, split: str) -> dict:
@@ -88,7 +105,14 @@ def eval_inputs(seqs: Sequences, L: int, split: str) -> dict:
         "engage": np.array([seqs.engage[i][e] for i, e in zip(keep, end)], np.int64),
         "seen": [np.unique(h) for h in hist],
         "history": hist,
+        **(history_prefixes(hist, L, seqs.attr) if seqs.attr is not None else {}),
     }
+
+
+def history_prefixes(histories: list[np.ndarray], L: int, attr: np.ndarray) -> dict[str, torch.Tensor]:
+    """pre_n / pre_attr of histories scored through their last L events (evaluation, serving)."""
+    summaries = [prefix_summary(h, max(0, len(h) - L), attr) for h in histories]
+    return _prefix_tensors([n for n, _ in summaries], [a for _, a in summaries], attr.shape[1])
 
 
 def eval_slice(ev: dict, lo: int, hi: int) -> dict:

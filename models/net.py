@@ -55,12 +55,22 @@ class ModelConfig(BaseModel):
                           "targets how likely a user is to return to an item seen k events ago")
     # 0: chosen on ml-100k validation (the mixture lost 0.007 NDCG@10 over 3 seeds; it wins on logs
     # where fixed successors drive the next item: BENCHMARKS.md, "transition mixture")
+    user_history: bool = Field(
+        False, description="the user view also summarises the user's events up to each position (how many, "
+                           "and the distribution of their item attributes), computed causally from the sequence "
+                           "and a summary of the events before the window: training positions never see their own "
+                           "future, and a request's history feeds it at serving time")
     transition_lags: int = Field(
         0, ge=0, le=8, description="next-item distribution = a learned mixture of the network's softmax and, per "
                                    "lag k = 1..transition_lags, the empirical distribution of the items that "
                                    "followed the item k events back in the training events (c / n); the mixture "
                                    "weights come from the sequence state and the context counts n. 0 = the "
                                    "network alone. Needs views with that many lags (views.transition_lags)")
+
+
+def _prefix(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch's summary of the events before each window (models/data.py), if it has one."""
+    return (batch["pre_n"], batch["pre_attr"]) if "pre_n" in batch else None
 
 
 def side_embedding(n: int, dim: int, bag: bool = False, padding: bool = True) -> nn.Embedding | nn.EmbeddingBag:
@@ -188,25 +198,58 @@ class ItemEncoder(nn.Module):
         return w + self.scale * feat
 
 
+HISTORY_COUNT_BUCKETS = 20  # log2 buckets of "events so far": 1, 2-3, 4-7, ... (2**19 and more share one)
+
+
 class UserEncoder(nn.Module):
-    def __init__(self, dim: int, tables: UserTables, dropout: float) -> None:
+    """Profile attributes and (views) statistics of the user: one vector per user. With `history`
+    (the attribute table of the items, (N, A)) also a per-position summary of the user's events up
+    to that position, so the result is (B, L, dim)."""
+
+    def __init__(self, dim: int, tables: UserTables, dropout: float, history: torch.Tensor | None = None) -> None:
         super().__init__()
         self.tables = tables
         self.cat = nn.ModuleList(side_embedding(s, dim) for s in tables.cat_sizes)
         self.num = side_embedding(max(tables.num_size, 1), dim)
         self.dense = nn.Linear(tables.dense.shape[1], dim) if tables.dense.shape[1] else None
+        self.history = history
+        if history is not None:
+            self.count = side_embedding(HISTORY_COUNT_BUCKETS + 1, dim)
+            self.hist_attr = nn.Linear(history.shape[1], dim) if history.shape[1] else None
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
 
-    def forward(self, users: torch.Tensor) -> torch.Tensor:
+    def forward(self, users: torch.Tensor, seq: torch.Tensor | None = None,
+                prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         t = self.tables
         dev = users.device
         u = users.cpu()
-        h = self.num(t.num[u].to(dev)).mean(1)
+        # no numeric column at all (no profile numbers, no activity statistics): nothing to average
+        h = self.num(t.num[u].to(dev)).mean(1) if t.num.shape[1] else torch.zeros(len(u), self.mlp[0].in_features,
+                                                                                   device=dev)
         for j, emb in enumerate(self.cat):
             h = h + emb(t.cat[u, j].to(dev))
         if self.dense is not None:
             h = h + self.dense(t.dense[u].to(dev))
+        if self.history is not None and seq is not None:
+            h = h.unsqueeze(1) + self._history(seq, prefix)
         return self.mlp(h)
+
+    def _history(self, seq: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """(B, L, dim): at each position, the events up to it (the window's and the `prefix` summary
+        of those before the window: count (B,), attribute sums (B, A)); zero at padding."""
+        real = (seq > 0).to(torch.float32)
+        pre_n, pre_attr = prefix if prefix is not None else (None, None)
+        n = real.cumsum(1) + (pre_n.to(seq.device, torch.float32).unsqueeze(1) if pre_n is not None else 0.0)
+        bucket = (torch.floor(torch.log2(n.clamp(min=1.0))) + 1).clamp(max=HISTORY_COUNT_BUCKETS).long()
+        out = self.count(bucket * (seq > 0))
+        if self.hist_attr is not None:
+            attr = self.history.to(seq.device)[seq] * real.unsqueeze(-1)
+            acc = attr.cumsum(1)
+            if pre_attr is not None:
+                acc = acc + pre_attr.to(seq.device, torch.float32).unsqueeze(1)
+            dist = acc / acc.sum(-1, keepdim=True).clamp(min=1e-6)
+            out = out + self.hist_attr(dist) * real.unsqueeze(-1)
+        return out
 
 
 class CausalTransformer(nn.Module):
@@ -253,7 +296,10 @@ class SeqRecNet(nn.Module):
         self.attn = (CausalTransformer(d, 1 if cfg.encoder == "hybrid" else cfg.layers, cfg.heads, cfg.dropout,
                                        cfg.attn_dropout)
                      if cfg.encoder in ("transformer", "hybrid") else None)
-        self.user = UserEncoder(d, users, cfg.dropout) if cfg.user_view and users is not None else None
+        history = None
+        if cfg.user_history:
+            history = items.attr_target if items is not None else torch.zeros(n_items, 0)
+        self.user = UserEncoder(d, users, cfg.dropout, history) if cfg.user_view and users is not None else None
         if self.user is not None:
             self.fuse = (nn.Linear(2 * d, d) if cfg.fusion == "concat" else
                          nn.Linear(2 * d, d) if cfg.fusion == "gated" else None)
@@ -284,8 +330,11 @@ class SeqRecNet(nn.Module):
                                  f"model.sampled_softmax_above={cfg.sampled_softmax_above}): use mixtures=1 or next_loss=full")
 
     def encode(self, seq: torch.Tensor, etype: torch.Tensor, gap: torch.Tensor, users: torch.Tensor,
-               table: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) left-padded inputs -> (B, L, dim) fused states."""
+               table: torch.Tensor | None = None, prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+               items: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) left-padded inputs -> (B, L, dim) fused states. `prefix`: the summary of the events
+        before the window (model.user_history); `items`: the window's catalogue indices when `seq`
+        holds local row numbers of `table` (the sampled loss)."""
         table = self.items.table() if table is None else table
         L = seq.shape[1]
         pos = torch.arange(L, device=seq.device).unsqueeze(0)
@@ -298,7 +347,8 @@ class SeqRecNet(nn.Module):
         if self.attn is not None:
             x = self.attn(x, pad)
         if self.user is not None:
-            u = self.user(users).unsqueeze(1).expand_as(x)
+            u = self.user(users, seq if items is None else items, prefix)
+            u = u.unsqueeze(1).expand_as(x) if u.dim() == 2 else u
             if self.cfg.fusion == "sum":
                 x = x + u
             elif self.cfg.fusion == "concat":
@@ -393,14 +443,15 @@ class SeqRecNet(nn.Module):
             ids, local = torch.unique(torch.cat([pad, seq.flatten(), tv, neg]), return_inverse=True)
             rows = self.items.rows(ids)
             n_seq = seq.numel()
-            h = self.encode(local[1:1 + n_seq].view_as(seq), batch["etype"], batch["gap"], batch["user"], rows)
+            h = self.encode(local[1:1 + n_seq].view_as(seq), batch["etype"], batch["gap"], batch["user"], rows,
+                            _prefix(batch), seq)
             hv = h[valid]
             tl, nl = local[1 + n_seq:1 + n_seq + len(tv)], local[1 + n_seq + len(tv):]
             bias = self._sampled_offsets(self.offsets(seq, valid), tv, neg)
             log_p = -_sampled_softmax(hv, tv, neg, rows[tl], rows[nl], item_log_q, bias, reduction="none")
         else:
             table = self.items.table()
-            h = self.encode(batch["seq"], batch["etype"], batch["gap"], batch["user"], table)
+            h = self.encode(batch["seq"], batch["etype"], batch["gap"], batch["user"], table, _prefix(batch))
             hv = h[valid]
             pairs = self.offsets(batch["seq"], valid)
             if self.cfg.mixtures == 1:
@@ -536,8 +587,8 @@ class SeqRecNet(nn.Module):
                 _lookup(keys, vals, row.unsqueeze(1) * self.n_items + neg.unsqueeze(0)))
 
     @torch.no_grad()
-    def last_state(self, seq, etype, gap, users, table=None) -> torch.Tensor:
-        return self.encode(seq, etype, gap, users, table)[:, -1]
+    def last_state(self, seq, etype, gap, users, table=None, prefix=None) -> torch.Tensor:
+        return self.encode(seq, etype, gap, users, table, prefix)[:, -1]
 
 
 def _chunked_logsumexp(logits, lo: int, hi: int, chunk: int = LSE_CHUNK) -> torch.Tensor:

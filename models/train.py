@@ -286,8 +286,9 @@ def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_si
 
     def score(idx: np.ndarray) -> ChunkScores:
         seq = part["seq"][idx].to(device)
+        prefix = (part["pre_n"][idx], part["pre_attr"][idx]) if "pre_n" in part else None
         h = net.last_state(seq, part["etype"][idx].to(device), part["gap"][idx].to(device),
-                           part["user"][idx].to(device), table)
+                           part["user"][idx].to(device), table, prefix)
         if net.engage_head is not None:
             engage_scores.append(torch.sigmoid(net.engage_head(h)).squeeze(-1).float().cpu().numpy())
         if net.attr_head is not None:

@@ -129,8 +129,9 @@ def _print_summary(s: dict) -> None:
                   f"(alias challenger) in {s['model']['tracking_uri']}")
     if s.get("ab"):
         ab = s["ab"]
-        con.print(f"A/B vs {ab['baseline']}: {ab['primary_metric']} lift {ab['lift']:+.4f} "
-                  f"[{ab['ci_low']:+.4f}, {ab['ci_high']:+.4f}], p={ab['p_value']:.3g}: [bold]{ab['decision'].upper()}[/]"
+        stats = (f"{ab['primary_metric']} lift {ab['lift']:+.4f} [{ab['ci_low']:+.4f}, {ab['ci_high']:+.4f}], "
+                 f"one-sided p={ab['p_value']:.3g}: " if ab.get("lift") is not None else "")
+        con.print(f"A/B vs {ab['baseline']}: {stats}[bold]{ab['decision'].upper()}[/]"
                   + (f" ({'; '.join(ab['reasons'])})" if ab["reasons"] else ""), highlight=False)
     if "promoted" in s:
         con.print(f"champion: version {s.get('champion')}" + (" (promoted now)" if s["promoted"] else " (unchanged)"))
@@ -144,8 +145,10 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="overri
 WorkdirOpt = Annotated[Path, typer.Option(help="work directory of the runs (default store: <workdir>/mlflow.db)")]
 
 
-def _registry(config: Optional[Path], set_: Optional[list[str]], workdir: Path):
-    """(Registry, TrackingConfig, workdir) from the same config the training flow reads."""
+def _registry(config: Optional[Path], set_: Optional[list[str]], workdir: Path, write: bool = True):
+    """(Registry, TrackingConfig, workdir) from the same config the training flow reads. `write`:
+    the command takes the registry lock / appends to the promotion log, so a store other than a
+    local SQLite file needs a shared `tracking.registry_dir`."""
     _env_defaults()
     from flows.config import load_config
     from seqrec.errors import SeqrecError
@@ -159,7 +162,10 @@ def _registry(config: Optional[Path], set_: Optional[list[str]], workdir: Path):
     from tasks.registry import open_registry
 
     workdir = workdir.resolve()
-    return open_registry(cfg.tracking, workdir), cfg.tracking, workdir
+    try:
+        return open_registry(cfg.tracking, workdir, require_shared=write), cfg.tracking, workdir
+    except SeqrecError as e:
+        _fail(str(e))
 
 
 def redact(uri: str) -> str:
@@ -189,7 +195,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Registered versions: aliases, headline metrics and A/B decisions."""
-    reg, tcfg, _ = _registry(config, set_, workdir)
+    reg, tcfg, _ = _registry(config, set_, workdir, write=False)
     aliases = reg.aliases()
     by_version: dict[int, list[str]] = {}
     for a, v in aliases.items():
@@ -244,6 +250,7 @@ def promote(
         _fail(str(e))
     typer.echo(f"champion: {reg.name} version {entry['version']} (was {entry['previous']}; "
                f"{'forced' if entry['action'] == 'force' else 'A/B passed'}); logged in {reg.log_path}")
+    _warn(entry)
 
 
 @app.command()
@@ -257,6 +264,13 @@ def rollback(config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt 
     except SeqrecError as e:
         _fail(str(e))
     typer.echo(f"champion: {reg.name} version {entry['version']} (rolled back from {entry['previous']})")
+    _warn(entry)
+
+
+def _warn(entry: dict) -> None:
+    """Bookkeeping that failed after the alias moved: the command succeeded, say what is missing."""
+    for w in entry.get("warnings") or []:
+        _console(stderr=True).print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -274,7 +288,7 @@ def recommend(
 
     if user is None and history is None:
         _fail("give --user ID and/or --history ITEM,ITEM,...")
-    reg, _, _ = _registry(config, set_, workdir)
+    reg, _, _ = _registry(config, set_, workdir, write=False)
     model, uri = _load_pyfunc(reg, alias, version)
     frame = pd.DataFrame({"user_id": [user], "history": [[h.strip() for h in history.split(",") if h.strip()]
                                                            if history else None], "k": [k]})
@@ -305,7 +319,7 @@ def score(
     config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec"),
 ) -> None:
     """Batch top-k for every user the model knows, written atomically to parquet."""
-    reg, _, _ = _registry(config, set_, workdir)
+    reg, _, _ = _registry(config, set_, workdir, write=False)
     model, uri = _load_pyfunc(reg, alias, version)
     from tasks.bundle import write_scores
 

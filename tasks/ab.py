@@ -354,6 +354,10 @@ def run_ab(cfg: ABConfig, registry, data_path: Path, run_dir: Path, summary: dic
     from tasks.tracking import bundle_of
 
     champion = registry.reconcile(log)
+    earlier = Path(run_dir) / "ab" / "ab_decision.json"
+    if champion == version and earlier.is_file():  # a resumed run: an earlier attempt decided and promoted
+        log(f"A/B: version {version} is already the champion; keeping the decision of an earlier attempt of this run")
+        return json.loads(earlier.read_text())
     chal = challenger_side(Path(summary["per_user_metrics"]), summary["metrics"]["test"]["coverage@10"], version)
     if champion is None or champion == version:
         ref = baseline_side(Path(summary["per_user_metrics"]), cfg.baseline, summary["baselines"])

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.data import left_pad
+from models.data import history_prefixes, left_pad
 from models.net import ItemTables, ModelConfig, SeqRecNet, TransitionTables, UserTables
 from seqrec.encoding import ITEM_FIRST, ITEM_UNKNOWN, USER_UNKNOWN, gap_buckets_of
 from seqrec.errors import SeqrecError
@@ -70,7 +70,7 @@ def bundle_model_config(raw: dict) -> ModelConfig:
 
 
 # ModelConfig keys newer than the bundle format, with the behaviour of the code before them
-PRE_EXISTING_DEFAULTS = {"repeat_bias": False, "transition_lags": 0}
+PRE_EXISTING_DEFAULTS = {"repeat_bias": False, "transition_lags": 0, "user_history": False}
 
 
 def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, weights: Path,
@@ -225,8 +225,12 @@ class Scorer:
     def scores(self, enc: Encoded) -> torch.Tensor:
         """(B, n_items) float scores on CPU; padding and unknown columns are -inf."""
         seq = self._pad(enc.items)
+        prefix = None
+        if self.cfg.user_history and self.net.attr_target is not None:  # the events before the window
+            pre = history_prefixes(enc.items, self.cfg.max_len, self.net.attr_target.numpy())
+            prefix = (pre["pre_n"], pre["pre_attr"])
         h = self.net.last_state(seq, self._pad(enc.etypes), self._pad(enc.gaps),
-                                torch.as_tensor(enc.users, device=self.device), self.table)
+                                torch.as_tensor(enc.users, device=self.device), self.table, prefix)
         s = self.net.rank_scores(h, seq, self.table).float().cpu()
         s[:, :ITEM_FIRST] = -torch.inf
         return s

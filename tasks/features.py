@@ -32,10 +32,15 @@ class ViewsConfig(BaseModel):
     transition_lags: int = Field(0, ge=0, le=8, description="item -> item transition tables of the training "
                                  "events stored for lags 1..k (model.transition_lags uses up to this many; in "
                                  "a pipeline config it defaults to model.transition_lags)")
+    user_activity: bool = Field(True, description="user view: also the activity statistics and the genre "
+                                "distribution of the user's training events (one summary of all of them, so a "
+                                "training position sees its own future; the profile attributes have no such skew)")
 
 
 def views_path(data_path: Path, vcfg: ViewsConfig) -> Path:
-    return Path(data_path) / "views" / stable_hash({"cfg": vcfg.model_dump(), "code": VIEWS_CODE_VERSION}, n=12)
+    # a setting at its original default leaves the hash (and so existing views directories) as it was
+    cfg = vcfg.model_dump(exclude={"user_activity"} if vcfg.user_activity else set())
+    return Path(data_path) / "views" / stable_hash({"cfg": cfg, "code": VIEWS_CODE_VERSION}, n=12)
 
 
 def _buckets(x: np.ndarray, n: int) -> np.ndarray:
@@ -205,7 +210,7 @@ def user_view(data_path: Path, vcfg: ViewsConfig) -> dict:
         "span_days": np.array([(t[-1] - t[0]) / 86400 if len(t) else np.nan for t in t_ts]),
         "recency_days": (np.nanmax(last) - last) / 86400,
         "mean_value": np.array([np.nanmean(v) if len(v) and np.isfinite(v).any() else np.nan for v in t_val]),
-    }
+    } if vcfg.user_activity else {}
     num_cols = [c for c in s["user_numeric"] if c in users]
     B = vcfg.num_buckets + 1
     num = np.zeros((n_users, len(num_cols) + len(stats)), np.int64)
@@ -215,8 +220,8 @@ def user_view(data_path: Path, vcfg: ViewsConfig) -> dict:
     for k, (name, x) in enumerate(stats.items(), start=len(num_cols)):
         b = _buckets(x, vcfg.num_buckets)
         num[uidx, k] = np.where(b > 0, b + k * B, 0)
-    dense = np.zeros((n_users, attr_target.shape[1]), np.float32)
-    if attr_target.shape[1]:
+    dense = np.zeros((n_users, attr_target.shape[1] if vcfg.user_activity else 0), np.float32)
+    if dense.shape[1]:
         for u, it in zip(uidx, t_items):
             if len(it):
                 d = attr_target[it].sum(0)

@@ -3,7 +3,9 @@ log, and a lock so that compare + promote of concurrent runs never act on a stal
 
 The log is the record of intent: every alias move is appended (and fsynced) *before* the alias is
 moved, and `reconcile()` (run under the lock before any decision) finishes a move that a crash cut
-short, so the alias and the log always agree after the next run.
+short, so the alias and the log always agree after the next run. A log whose champion no longer
+exists in MLflow (deleted there) stops every compare, promote and registration with the commands
+that repair it. The log directory records which tracking store it belongs to (`tracking_store.json`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from seqrec.errors import SeqrecError
-from seqrec.fsutil import waiting_lock
+from seqrec.errors import ConfigError, SeqrecError
+from seqrec.fsutil import waiting_lock, write_json_atomic
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PROMOTING_ACTIONS = ("promote", "force")
+STORE_MARKER = "tracking_store.json"
 
 
 class RegistryError(SeqrecError):
@@ -32,12 +35,44 @@ class RegistryError(SeqrecError):
 class Registry:
     client: Any            # mlflow.MlflowClient
     name: str
-    root: Path             # holds promotions.jsonl and registry.lock
+    root: Path             # holds promotions.jsonl, registry.lock and tracking_store.json
     lock_timeout_s: float = 1800
+    store: str | None = None        # tracking.store_key of the store this log belongs to (None: unchecked)
+    store_label: str | None = None  # the same, as a redacted URI for messages
 
     @property
     def log_path(self) -> Path:
         return self.root / "promotions.jsonl"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "registry.lock"
+
+    @property
+    def marker_path(self) -> Path:
+        return self.root / STORE_MARKER
+
+    def check_store(self, create: bool = False) -> None:
+        """Refuse a log directory that belongs to another tracking store; `create` records ours."""
+        if self.store is None:
+            return
+        path = self.marker_path
+        if path.is_file():
+            try:
+                rec = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{path}: unreadable ({e}); it records which tracking store the promotion log "
+                                  f"in {self.root} belongs to") from None
+            if rec.get("tracking_store") != self.store:
+                raise ConfigError(
+                    f"registry directory {self.root} (tracking.registry_dir) holds the promotion log and lock of "
+                    f"tracking store {rec.get('tracking_uri') or rec.get('tracking_store')}, not of "
+                    f"{self.store_label or self.store}: its champion is another store's. Point "
+                    f"tracking.registry_dir at this store's shared registry directory (if the store itself moved, "
+                    f"edit {path})")
+        elif create:
+            write_json_atomic(path, {"tracking_store": self.store, "tracking_uri": self.store_label or self.store,
+                                     "model_name": self.name})
 
     # ------------------------------------------------------------------ lock
 
@@ -46,10 +81,11 @@ class Registry:
         from filelock import Timeout
 
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / "registry.lock"
+        path = self.lock_path
         try:
             with waiting_lock(path, log, f"waiting for the registry lock {path} (another run is comparing/promoting)",
                               self.lock_timeout_s):
+                self.check_store(create=True)
                 yield
         except Timeout:
             raise RegistryError(f"registry lock {path} still held after {self.lock_timeout_s:.0f}s; "
@@ -86,6 +122,44 @@ class Registry:
         except MlflowException:
             raise RegistryError(f"model '{self.name}' has no version {version}") from None
 
+    def exists(self, version: int) -> bool:
+        """Whether MLflow still has `version` (False only when the store says it does not exist)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_model_version(self.name, str(version))
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
+
+    def check_champion(self) -> int | None:
+        """The log's champion; a RegistryError naming the repair when MLflow no longer has it.
+
+        Run before anything is registered: a run that registers, compares and then cannot promote
+        (the champion to compare with is gone) only piles up versions."""
+        stack = self.champion_stack()
+        if stack and not self.exists(stack[-1]):
+            raise RegistryError(self._missing_champion(stack))
+        return stack[-1] if stack else None
+
+    def _missing_champion(self, stack: list[int]) -> str:
+        gone = stack[-1]
+        fixes = []
+        if len(stack) >= 2 and self.exists(stack[-2]):
+            fixes.append(f"`seqrec rollback` (back to version {stack[-2]}, the previous champion)")
+        existing = [int(v.version) for v in self.versions()]
+        if existing:
+            fixes.append(f"`seqrec promote --version M --force` for an existing version M (latest: "
+                         f"`seqrec promote --version {existing[-1]} --force`)")
+        else:
+            fixes.append(f"no version of '{self.name}' exists any more: move {self.log_path} aside to start over "
+                         f"(the next run is then compared with the baseline)")
+        return (f"champion version {gone} of model '{self.name}' no longer exists in MLflow (deleted there?), but "
+                f"the promotion log {self.log_path} says it is the champion; nothing is registered, compared or "
+                f"promoted until that is repaired: " + ", or ".join(fixes))
+
     def entries(self) -> list[dict]:
         if not self.log_path.is_file():
             return []
@@ -114,8 +188,36 @@ class Registry:
 
     # ------------------------------------------------------------------ writes
 
+    def _drop_torn_tail(self) -> None:
+        """Truncate a last line that a crash cut short (no newline, or not JSON): appending after it
+        would glue the new entry to the garbage, and `entries` would skip both."""
+        try:
+            f = open(self.log_path, "r+b")
+        except FileNotFoundError:
+            return
+        with f:
+            data = f.read()
+            if not data:
+                return
+            body = data[:-1] if data.endswith(b"\n") else data
+            start = body.rfind(b"\n") + 1
+            last = data[start:]
+            if last.endswith(b"\n"):
+                if not last.strip():
+                    return
+                try:
+                    json.loads(last)
+                    return
+                except ValueError:
+                    pass
+            f.truncate(start)
+            f.flush()
+            os.fsync(f.fileno())
+
     def _append(self, entry: dict) -> dict:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.check_store(create=True)
+        self._drop_torn_tail()
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "user": _user(), **entry}
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry, default=str) + "\n")
@@ -123,10 +225,19 @@ class Registry:
             os.fsync(f.fileno())
         return entry
 
-    def reconcile(self, log=print) -> int | None:
-        """Make the alias agree with the log (a crash between append and alias move). Returns champion."""
+    def reconcile(self, log=print, allow_missing: bool = False) -> int | None:
+        """Make the alias agree with the log (a crash between append and alias move). Returns champion.
+
+        A log champion that MLflow no longer has is a RegistryError naming the repair; the repairs
+        themselves (`rollback`, `promote --force`) pass `allow_missing`."""
         stack = self.champion_stack()
         want = stack[-1] if stack else None
+        if want is not None and not self.exists(want):
+            msg = self._missing_champion(stack)
+            if not allow_missing:
+                raise RegistryError(msg)
+            log(f"registry: {msg}")
+            return self.champion()
         have = self.champion()
         if want is not None and have != want:
             log(f"registry: champion alias was {have}, the promotion log says {want}; restoring the log's state")
@@ -138,7 +249,11 @@ class Registry:
         return self.champion()
 
     def record_decision(self, version: int, decision: dict) -> None:
+        ref = decision.get("reference_version")
         tags = {"ab.decision": decision["decision"], "ab.baseline": str(decision["baseline"]),
+                # the champion it was compared with ("none": the baseline, there was no champion);
+                # `seqrec promote` honours a pass only while that is still the champion
+                "ab.reference_version": str(int(ref)) if ref is not None else "none",
                 "ab.reasons": "; ".join(decision.get("reasons") or []) or "-"}
         for k in ("lift", "ci_low", "ci_high", "p_value", "challenger_mean", "reference_mean"):
             if decision.get(k) is not None:
@@ -148,54 +263,106 @@ class Registry:
 
     def promote(self, version: int, action: str, run_id: str | None = None, decision: dict | None = None,
                 reason: str = "") -> dict:
-        """Move `champion` to `version` (log first, then the alias)."""
+        """Move `champion` to `version` (log first, then the alias).
+
+        Once the alias moved the promotion is complete (log and alias agree): the bookkeeping tags
+        after it cannot undo it, so their failures come back as `warnings` in the returned entry
+        instead of an exception (a run must not fail with its promotion done)."""
         self.version(version)
         entry = self._append({"action": action, "version": int(version), "previous": self.champion(),
                               "run_id": run_id, "reason": reason,
-                              "decision": {k: decision.get(k) for k in ("decision", "baseline", "lift", "ci_low",
-                                                                          "ci_high", "p_value")} if decision else None})
+                              "decision": {k: decision.get(k) for k in ("decision", "baseline", "reference_version",
+                                                                          "lift", "ci_low", "ci_high", "p_value")}
+                              if decision else None})
         self.client.set_registered_model_alias(self.name, CHAMPION, str(version))
-        self.client.set_model_version_tag(self.name, str(version), "champion.since", entry["time"])
-        if action == "force":
-            self.client.set_model_version_tag(self.name, str(version), "promotion.forced", "true")
-        return entry
+        tags = {"champion.since": entry["time"], **({"promotion.forced": "true"} if action == "force" else {})}
+        return {**entry, "alias_moved": True, "warnings": self._tag_after_move(version, tags)}
+
+    def _tag_after_move(self, version: int, tags: dict[str, str]) -> list[str]:
+        warnings = []
+        for k, v in tags.items():
+            try:
+                self.client.set_model_version_tag(self.name, str(version), k, v)
+            except Exception as e:  # noqa: BLE001 - the move is done; a missing tag is not worth failing it
+                first = (str(e).splitlines() or [""])[0][:300]
+                warnings.append(f"champion moved to version {version} (log and alias agree), but tag {k}={v} "
+                                f"could not be set: {type(e).__name__}: {first}")
+        return warnings
 
     def promote_command(self, version: int, force: bool) -> dict:
-        """`seqrec promote`: a version whose recorded A/B passed, or any version with --force."""
+        """`seqrec promote`: a version whose recorded A/B passed against the current champion, or
+        any version with --force. A pass against an earlier champion (or against the baseline when
+        there was none) says nothing about the champion of today."""
         with self.lock():
-            self.reconcile()
+            self.reconcile(allow_missing=force)
             mv = self.version(version)
-            if self.champion() == version:
+            current = self.champion()
+            if current == version:
                 raise RegistryError(f"version {version} is already the champion")
-            passed = (mv.tags or {}).get("ab.decision") == "pass"
+            tags = mv.tags or {}
+            passed = tags.get("ab.decision") == "pass"
             if not passed and not force:
                 raise RegistryError(f"version {version} has A/B decision "
-                                    f"'{(mv.tags or {}).get('ab.decision', 'none')}'; promote it with --force "
+                                    f"'{tags.get('ab.decision', 'none')}'; promote it with --force "
                                     f"(recorded as forced)")
+            ref = _reference_of(tags)
+            if passed and not force and ref != current:
+                against = (f"champion version {ref}" if ref is not None else
+                           f"the {tags.get('ab.baseline', 'baseline')} baseline (there was no champion then)")
+                now = f"version {current}" if current is not None else "no champion"
+                raise RegistryError(f"version {version} passed its A/B against {against}, but the current champion "
+                                    f"is {now}: that decision does not hold against it. Let a training run compare "
+                                    f"again, or promote it with --force (recorded as forced)")
             return self.promote(version, "promote" if passed and not force else "force",
                                 reason="seqrec promote" + (" --force" if force else ""))
 
     def rollback(self) -> dict:
         """`champion` back to the previous champion in the log."""
         with self.lock():
-            self.reconcile()
+            self.reconcile(allow_missing=True)  # a deleted champion is what a rollback repairs
             stack = self.champion_stack()
             if len(stack) < 2:
                 raise RegistryError("no previous champion to roll back to"
                                     + (f" (version {stack[0]} is the first)" if stack else " (no champion yet)"))
             target = stack[-2]
-            self.version(target)
+            if not self.exists(target):
+                raise RegistryError(f"the previous champion, version {target}, no longer exists in MLflow; "
+                                    f"make an existing version champion with `seqrec promote --version M --force`")
             entry = self._append({"action": "rollback", "version": target, "previous": stack[-1],
                                   "reason": "seqrec rollback"})
             self.client.set_registered_model_alias(self.name, CHAMPION, str(target))
-            self.client.set_model_version_tag(self.name, str(target), "champion.since", entry["time"])
-            return entry
+            return {**entry, "alias_moved": True,
+                    "warnings": self._tag_after_move(target, {"champion.since": entry["time"]})}
 
 
-def open_registry(tcfg, workdir: Path) -> Registry:
-    from tasks.tracking import client_for, registry_dir
+def open_registry(tcfg, workdir: Path, require_shared: bool = True) -> Registry:
+    """The registry of `tcfg`'s store. Checked before any MLflow call: a store other than a local
+    SQLite file needs `tracking.registry_dir` (storage shared by all its runners; ConfigError), and
+    a registry directory recorded for another store is refused. `require_shared=False` is for
+    read-only use (aliases, versions) that never takes the lock or writes the log."""
+    from tasks.tracking import client_for, redact, registry_dir, store_key, tracking_uri
 
-    return Registry(client_for(tcfg, workdir), tcfg.model_name, registry_dir(tcfg, workdir), tcfg.lock_timeout_s)
+    uri = tracking_uri(tcfg, workdir)
+    reg = Registry(None, tcfg.model_name, registry_dir(tcfg, workdir, require_shared), tcfg.lock_timeout_s,
+                   store=store_key(uri), store_label=redact(uri))
+    reg.check_store()
+    reg.client = client_for(tcfg, workdir)
+    return reg
+
+
+def _reference_of(tags: dict) -> int | None:
+    """The champion version a recorded A/B compared with (None: the baseline, no champion then)."""
+    ref = tags.get("ab.reference_version")
+    if ref is None:  # recorded before ab.reference_version existed: "version K" or a baseline's name
+        base = tags.get("ab.baseline") or ""
+        ref = base[len("version "):] if base.startswith("version ") else "none"
+    if ref in ("none", ""):
+        return None
+    try:
+        return int(ref)
+    except ValueError:
+        raise RegistryError(f"unreadable A/B reference tag ab.reference_version={ref!r}; "
+                            f"promote with --force (recorded as forced)") from None
 
 
 def _user() -> str:

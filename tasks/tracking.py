@@ -35,8 +35,8 @@ class TrackingConfig(BaseModel):
     artifact_location: str | None = Field(None, description="artifact root of a new experiment (default <workdir>/mlartifacts)")
     experiment: str = "seqrec"
     model_name: str = Field("seqrec", min_length=1)
-    registry_dir: str | None = Field(None, description="promotion log + lock; default next to the SQLite store, "
-                                                       "else <workdir>/registry")
+    registry_dir: str | None = Field(None, description="promotion log + lock; default next to the SQLite store; "
+                                                       "required (shared by all runners) for any other store")
     lock_timeout_s: float = Field(1800, gt=0, description="wait this long for another run's compare + promote")
     http_retries: int = Field(3, ge=0, le=10, description="retries of a request to a tracking server")
     http_backoff: int = Field(1, ge=0, description="exponential back-off factor between those retries (s)")
@@ -75,11 +75,40 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-def registry_dir(cfg: TrackingConfig, workdir: Path) -> Path:
+def registry_dir(cfg: TrackingConfig, workdir: Path, require_shared: bool = True) -> Path:
+    """The promotion log + lock directory: `tracking.registry_dir`, else next to the SQLite store.
+
+    Any other store (a tracking server, a database URL) is shared by runners with different work
+    directories, so a per-work-directory default would give each of them its own lock and log, and
+    each would promote its own champion: without `tracking.registry_dir` that is a ConfigError
+    (raised before any MLflow call). `require_shared=False` (read-only commands that never touch the
+    log or lock) falls back to <workdir>/registry instead."""
     if cfg.registry_dir:
         return Path(cfg.registry_dir).resolve()
-    db = sqlite_path(tracking_uri(cfg, workdir))
-    return db.parent / "registry" if db else Path(workdir).resolve() / "registry"
+    uri = tracking_uri(cfg, workdir)
+    db = sqlite_path(uri)
+    if db is not None:
+        return db.resolve().parent / "registry"
+    if require_shared:
+        raise ConfigError(
+            f"tracking store {redact(uri)} is not a local SQLite file, so the promotion log and lock cannot default "
+            f"to this work directory (runners with other work directories on the same store would each keep "
+            f"their own and promote their own champion): set tracking.registry_dir to a directory on storage "
+            f"shared by all runners of this store (e.g. --set tracking.registry_dir=/shared/seqrec-registry)")
+    return Path(workdir).resolve() / "registry"
+
+
+def store_key(uri: str) -> str:
+    """What identifies a tracking store independent of credentials: the resolved SQLite file, or
+    scheme://host:port/path of any other URI (user name, password and query left out)."""
+    db = sqlite_path(uri)
+    if db is not None:
+        return f"sqlite:///{db.resolve()}"
+    parts = urlsplit(uri)
+    if not parts.scheme:
+        return str(Path(uri).resolve())
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme.lower()}://{host}{parts.path.rstrip('/')}"
 
 
 def client_for(cfg: TrackingConfig, workdir: Path):
@@ -298,7 +327,9 @@ def log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config: 
                      params: dict[str, Any], summary: dict, bundle: Path, flow_run_id: str | None) -> dict:
     """Create the MLflow run, log everything known after evaluation, log + register the pyfunc and
     give the new version alias `challenger`. `config` is the nested pipeline config, `params` its
-    flattened form. Returns name, version, run id and URIs. A tracking server that stays unreachable
+    flattened form. Returns name, version, run id and URIs. Idempotent per run: a retried or resumed
+    run (same seqrec run id or Prefect flow-run id, same data version) gets back the version it
+    registered before (`reused: true`) instead of a second one. A tracking server that stays unreachable
     through the bounded retries is a clear TrackingUnavailable error; nothing is registered then."""
     try:
         return _log_and_register(cfg, workdir, run_dir, config, params, summary, bundle, flow_run_id)
@@ -340,6 +371,10 @@ def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config:
 
     t0 = time.perf_counter()
     client = client_for(cfg, workdir)
+    # one run, one version: a retried or resumed run finds what an earlier attempt registered
+    before = registered_before(client, cfg.model_name, summary, flow_run_id)
+    if before is not None:
+        return _reuse(client, cfg, workdir, before, t0)
     exp_id = ensure_experiment(client, cfg, workdir)
     ds = summary.get("dataset") or {}
     tags = {"seqrec.run_id": summary["run_id"], "data_version": summary.get("data_version") or "",
@@ -380,6 +415,7 @@ def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config:
                 input_example=input_example(bundle))
         mv = patient(mlflow.register_model, cfg.sqlite_wait_s, info.model_uri, cfg.model_name,
                                    tags={"seqrec.run_id": summary["run_id"],
+                                         "prefect.flow_run_id": str(flow_run_id or ""),
                                          "data_version": summary.get("data_version") or "",
                                          "test.ndcg_at_10": f"{(summary.get('metrics') or {}).get('test', {}).get('ndcg@10', float('nan')):.5f}"})
         client.set_registered_model_alias(cfg.model_name, "challenger", mv.version)
@@ -387,9 +423,65 @@ def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config:
         client.set_terminated(rid, "FAILED")
         raise
     client.set_terminated(rid, "FINISHED")
-    return {"name": cfg.model_name, "version": int(mv.version), "tracking_uri": redact(tracking_uri(cfg, workdir)),
-            "mlflow_run_id": rid, "experiment_id": exp_id, "model_uri": f"models:/{cfg.model_name}/{mv.version}",
-            "seconds": round(time.perf_counter() - t0, 3)}
+    return _registration(cfg, workdir, int(mv.version), rid, exp_id, t0, reused=False)
+
+
+def _registration(cfg: TrackingConfig, workdir: Path, version: int, rid: str, exp_id: str, t0: float,
+                  reused: bool) -> dict:
+    return {"name": cfg.model_name, "version": version, "tracking_uri": redact(tracking_uri(cfg, workdir)),
+            "mlflow_run_id": rid, "experiment_id": exp_id, "model_uri": f"models:/{cfg.model_name}/{version}",
+            "seconds": round(time.perf_counter() - t0, 3), "reused": reused}
+
+
+def _versions_tagged(client, name: str, key: str, value: str) -> list:
+    """Versions of `name` whose tag `key` is `value` (filtered by the store unless quoting gets odd)."""
+    odd = any(c in value for c in "'\"\\`")
+    flt = f"name='{name}'" + ("" if odd else f" and tags.`{key}` = '{value}'")
+    return [v for v in client.search_model_versions(flt) if (v.tags or {}).get(key) == value]
+
+
+def registered_before(client, name: str, summary: dict, flow_run_id: str | None):
+    """The version that an earlier attempt of this run registered, or None.
+
+    An attempt is the same run when it has the same seqrec run id or the same Prefect flow-run id
+    (a flow retry, whose run id was generated anew) and the same data version (never attach this
+    run's summary to a model trained on other data). Versions whose registration failed or whose
+    MLflow run was deleted do not count."""
+    from mlflow.exceptions import MlflowException
+
+    data_version = summary.get("data_version") or ""
+    found = {int(v.version): v for v in _versions_tagged(client, name, "seqrec.run_id", summary["run_id"])}
+    if flow_run_id:
+        found.update({int(v.version): v for v in _versions_tagged(client, name, "prefect.flow_run_id",
+                                                                  str(flow_run_id))})
+    for version in sorted(found, reverse=True):
+        mv = found[version]
+        if (mv.tags or {}).get("data_version", "") != data_version or mv.status not in ("READY", None) \
+                or not mv.run_id:
+            continue
+        try:
+            run = client.get_run(mv.run_id)
+        except MlflowException:
+            continue
+        if run.info.lifecycle_stage == "deleted":
+            continue
+        return mv, run
+    return None
+
+
+def _reuse(client, cfg: TrackingConfig, workdir: Path, before, t0: float) -> dict:
+    """Finish what the earlier attempt may have left undone (challenger alias, run status) and
+    return its registration. The version exists, so its model was logged in full."""
+    import logging
+
+    mv, run = before
+    if run.info.status != "FINISHED":
+        client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_registered_model_alias(cfg.model_name, "challenger", mv.version)
+    logging.getLogger("seqrec.tracking").warning(
+        "run %s already registered %s version %s (MLflow run %s): reusing it instead of registering another",
+        (mv.tags or {}).get("seqrec.run_id"), cfg.model_name, mv.version, run.info.run_id)
+    return _registration(cfg, workdir, int(mv.version), run.info.run_id, run.info.experiment_id, t0, reused=True)
 
 
 def bundle_of(client, name: str, version: int | str, dst: Path) -> Path:

@@ -105,7 +105,8 @@ def load_sequences(data_path: Path, views: Path) -> Sequences:
                      gaps=[np.asarray(x, np.int64) for x in seq["gap_buckets"]],
                      engage=[np.asarray(x, np.int64) for x in engage],
                      n_train=seq["n_train"].to_numpy().astype(np.int64),
-                     valid_pos=target_positions(seq["split"], VALID), test_pos=target_positions(seq["split"], TEST))
+                     valid_pos=target_positions(seq["split"], VALID), test_pos=target_positions(seq["split"], TEST),
+                     attr=np.load(Path(views) / "item_arrays.npz")["attr_target"].astype(np.float32))
 
 
 def build_net(data_path: Path, views: Path, mcfg: ModelConfig) -> SeqRecNet:

@@ -137,7 +137,7 @@ def case_null_user_id_in_users_table(tmp):
 
 def case_single_user(tmp):
     df = small_events()
-    return run_cfg(_events(tmp, df[df["user_id"] == "a"])), "user_id", "at least 2 users need 3 or more events"
+    return run_cfg(_events(tmp, df[df["user_id"] == "a"])), "user_id", "at least 2 users need a test event"
 
 
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]

@@ -248,3 +248,36 @@ def test_the_default_never_hides_repeats_on_repeat_heavy_data(data_path):
     assert kept.exclude_seen is True
     forced, _ = resolve_exclude_seen(data_path, EvalConfig(exclude_seen=True), said.append)
     assert forced.exclude_seen is True and "inflates" in said[-1]
+
+
+def test_user_history_is_causal_and_its_prefix_summary_exact(data_path, tmp_path):
+    """model.user_history: the user view at a position depends only on events up to it (a static
+    summary of all training events lets every training position see its own future), and a window
+    with the summary of the events before it gives the same vectors as the whole sequence."""
+    import torch
+
+    from models.data import training_windows
+    from tasks.train import build_net, load_sequences
+
+    views = build_views(data_path, ViewsConfig(text_encoder="tfidf", user_activity=False), tmp_path / "c")
+    cfg = SMALL.model_copy(update={"user_history": True, "dropout": 0.0})
+    net = build_net(data_path, views, cfg).eval()
+    seqs = load_sequences(data_path, views)
+    w = training_windows(seqs, cfg.max_len)
+    i = int(torch.nonzero(w["pre_n"] > 0)[0])  # a window with events before it
+    b = {k: v[i:i + 1] for k, v in w.items()}
+    prefix = (b["pre_n"], b["pre_attr"])
+    with torch.no_grad():
+        h = net.encode(b["seq"], b["etype"], b["gap"], b["user"], None, prefix)
+        later = b["seq"].clone()
+        later[:, 10:] = torch.where(later[:, 10:] > 0, 2 + (later[:, 10:] + 7) % (net.n_items - 2), 0)
+        h2 = net.encode(later, b["etype"], b["gap"], b["user"], None, prefix)
+    assert torch.allclose(h[:, :10], h2[:, :10], atol=1e-6) and not torch.allclose(h[:, 10:], h2[:, 10:])
+    # the summary of the events before the window = those events themselves
+    u = int(b["user"])
+    row = int(np.flatnonzero(seqs.user == u)[0])
+    full = torch.as_tensor(seqs.items[row][: int(b["pre_n"]) + cfg.max_len])[None]
+    with torch.no_grad():
+        whole = net.user._history(full, None)[:, -cfg.max_len:]
+        window = net.user._history(full[:, -cfg.max_len:], prefix)
+    assert torch.allclose(whole, window, atol=1e-5)

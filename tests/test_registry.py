@@ -303,3 +303,18 @@ def test_prefect_artifacts_of_a_full_run(scenario):
     assert "PASS" in arts["ab-report"].data and "version 1" in arts["ab-report"].data
     rows = json.loads(arts["data-quality"].data) if isinstance(arts["data-quality"].data, str) else arts["data-quality"].data
     assert any(r["column"] == "timestamp" and r["result"] == "pass" for r in rows)
+
+
+def test_a_diverging_run_fails_at_train_and_registers_nothing(scenario, prefect_harness):
+    """lr 1e6 without warm-up: the flow stops at train with the step and the settings to change; the
+    registry is as it was (a diverged run used to keep its best epoch and register it)."""
+    from flows.training import training_flow
+    from models.train import TrainingDivergedError
+
+    wd, _ = scenario
+    before = [int(v.version) for v in _registry(wd).versions()]
+    with pytest.raises(TrainingDivergedError, match="step 2"):
+        training_flow(config=_cfg(train__lr=1e6, train__warmup_epochs=0), workdir=str(wd), run_id="diverged")
+    summary = json.loads((wd / "runs" / "diverged" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failed_stage"] == "train" and "train.lr" in summary["error"]
+    assert [int(v.version) for v in _registry(wd).versions()] == before

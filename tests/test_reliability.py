@@ -125,9 +125,10 @@ def test_tracking_server_down_mid_flow_fails_clearly_and_registers_nothing(tmp_p
     server = _mlflow_server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({**CFG, "tracking": {"tracking_uri": uri, "http_retries": 1, "http_backoff": 1}}))
-    env = _env(tmp_path, cache_dir)
     wd = tmp_path / "wd"
+    cfg.write_text(yaml.safe_dump({**CFG, "tracking": {"tracking_uri": uri, "http_retries": 1, "http_backoff": 1,
+                                                       "registry_dir": str(wd / "registry")}}))
+    env = _env(tmp_path, cache_dir)
     run = subprocess.Popen([SEQREC, "run", "--config", str(cfg), "--workdir", str(wd), "--summary-json",
                             str(tmp_path / "s.json")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            env=env)
