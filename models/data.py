@@ -22,8 +22,8 @@ class Sequences:
     gaps: list[np.ndarray]
     engage: list[np.ndarray]  # per-event engagement label (0/1)
     n_train: np.ndarray
-    valid_pos: np.ndarray     # (U,) position of the validation target, -1 where none
-    test_pos: np.ndarray      # (U,) position of the test target, -1 where none
+    valid_targets: tuple[np.ndarray, np.ndarray]  # (user row, position) of each validation target
+    test_targets: tuple[np.ndarray, np.ndarray]   # the same for the test targets (several per user: temporal)
     attr: np.ndarray | None = None  # (N, A) item attributes: windows then carry a summary of earlier events
 
     def train_items(self) -> list[np.ndarray]:
@@ -90,10 +90,9 @@ def _prefix_tensors(pre_n: list[int], pre_attr: list[np.ndarray], width: int) ->
 
 
 def eval_inputs(seqs: Sequences, L: int, split: str) -> dict:
-    """Inputs, targets and seen items for the users with a target in this split (validation/test)."""
-    pos = seqs.valid_pos if split == "validation" else seqs.test_pos
-    keep = np.flatnonzero(pos >= 0)
-    end = pos[keep]
+    """Inputs, targets and seen items for each target of this split (validation/test); "rows" holds
+    each target's user row (a user with several targets has consecutive rows)."""
+    keep, end = seqs.valid_targets if split == "validation" else seqs.test_targets
     hist = [seqs.items[i][:e] for i, e in zip(keep, end)]
     return {
         "rows": keep,

@@ -281,27 +281,46 @@ def _recount_before(chunk_scores: ChunkScores, chunks: list[tuple[int, int]], pa
     return higher, equal
 
 
+def by_user(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-target metric arrays -> per-user means (`rows`: each target's user, a user's targets
+    consecutive; in the order of np.unique(rows)). Users, not targets, are the independent units:
+    the A/B pairs them, and a user with more test events must not count more."""
+    uniq, inv = np.unique(rows, return_inverse=True)
+    if len(uniq) == len(rows):
+        return arrays
+    n = np.bincount(inv)
+    return {k: np.bincount(inv, weights=v, minlength=len(uniq)) / n for k, v in arrays.items()}
+
+
 def summarise(arrays: dict[str, np.ndarray], top: np.ndarray, n_items: int) -> dict:
-    """Mean metrics, coverage@10 (distinct top-10 items over the catalogue) and the user count."""
+    """Mean metrics over users (arrays per user: by_user), coverage@10 (distinct top-10 items of
+    all targets over the catalogue), the user and the target counts."""
     means = {k: float(v.mean()) for k, v in arrays.items()}
     means["coverage@10"] = float(len(np.setdiff1d(top, [-1])) / max(1, n_items - 2)) if len(top) else 0.0
-    means["users"] = int(len(top))
+    means["users"] = int(len(next(iter(arrays.values())))) if arrays else 0
+    if means["users"] != len(top):
+        means["targets"] = int(len(top))
     return means
 
 
 def evaluate_ranking_chunked(score_fn: BatchScorer, n_users: int, targets: np.ndarray,
                              seen: list[np.ndarray] | None, n_items: int, batch_size: int = 512,
                              item_chunk: int = DEFAULT_ITEM_CHUNK, min_chunk: int = 1,
-                             allow_neg_inf: bool = False, reject_constant: bool = False) -> tuple[dict, dict]:
-    """score_fn(user rows) -> chunk scorer (lo, hi) -> (B, hi-lo). Returns (mean metrics, per-user arrays)."""
+                             allow_neg_inf: bool = False, reject_constant: bool = False,
+                             users: np.ndarray | None = None) -> tuple[dict, dict]:
+    """score_fn(target rows) -> chunk scorer (lo, hi) -> (B, hi-lo). Returns (mean metrics, per-user
+    arrays); `users`: each target's user when users have several targets (by_user)."""
     arrays, top = rank_users(score_fn, n_users, targets, seen, n_items, batch_size, item_chunk, min_chunk=min_chunk,
                              allow_neg_inf=allow_neg_inf, reject_constant=reject_constant)
+    if users is not None:
+        arrays = by_user(arrays, users)
     return summarise(arrays, top, n_items), arrays
 
 
 def evaluate_ranking(score_fn: Callable[[np.ndarray], torch.Tensor], n_users: int, targets: np.ndarray,
                      seen: list[np.ndarray] | None, n_items: int, batch_size: int = 512,
-                     item_chunk: int | None = None, allow_neg_inf: bool = False) -> tuple[dict, dict]:
+                     item_chunk: int | None = None, allow_neg_inf: bool = False,
+                     users: np.ndarray | None = None) -> tuple[dict, dict]:
     """score_fn(batch_indices) -> (B, n_items) scores (baselines, rescored bundles): the whole row
     is scored at once and, by default, ranked as one chunk."""
     def chunked(idx: np.ndarray) -> ChunkScores:
@@ -309,7 +328,7 @@ def evaluate_ranking(score_fn: Callable[[np.ndarray], torch.Tensor], n_users: in
         return lambda lo, hi: s[:, lo:hi].float().clone()  # a copy: the ranking masks it in place
 
     return evaluate_ranking_chunked(chunked, n_users, targets, seen, n_items, batch_size,
-                                    item_chunk or max(1, n_items), allow_neg_inf=allow_neg_inf)
+                                    item_chunk or max(1, n_items), allow_neg_inf=allow_neg_inf, users=users)
 
 
 def f1_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:

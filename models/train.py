@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from models import distributed as ddp
 from models.data import Sequences, eval_inputs, eval_slice, training_windows
 from models.distributed import SINGLE, DistContext
-from models.metrics import DEFAULT_ITEM_CHUNK, ChunkScores, binary_metrics, f1_threshold, rank_users, summarise
+from models.metrics import (DEFAULT_ITEM_CHUNK, ChunkScores, binary_metrics, by_user, f1_threshold, rank_users,
+                            summarise)
 from models.net import SeqRecNet
 from seqrec.errors import SeqrecError
 from seqrec.fsutil import flatten
@@ -307,6 +308,7 @@ def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_si
         top = np.concatenate([p[1] for p in parts])
         engage_scores = [s for p in parts for s in p[2]]
         attr_scores = [s for p in parts for s in p[3]]
+    arrays = by_user(arrays, ev["rows"])  # a user with several test targets (temporal) counts once
     means = summarise(arrays, top, net.n_items)
     aux: dict = {}
     heads = {}

@@ -8,9 +8,9 @@ re-score). Training and the views use each user's first `n_train` events, always
   last; everything before trains. One user's test event may precede other users' training events.
 - `temporal`: two global cut-offs T_valid < T_test. Events before T_valid train; the first event
   in [T_valid, T_test) is the validation target (its history: the training events); the first
-  event at or after T_test is the test target (its history: every event before T_test). Nothing a
-  model is tested on happened before anything it trained on, as in a scheduled retrain judged on
-  the period after its data.
+  `next_events` events at or after T_test are test targets, each with every event before it as its
+  history (a user's metric is the mean over them). Nothing a model is tested on happened before
+  anything it trained on, as in a scheduled retrain judged on the period after its data.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Cutoffs:
 
     valid: int
     test: int
+    next_events: int = 1  # test targets per user: the first this many events at or after `test`
 
 
 def split_codes(lengths: np.ndarray, ts: np.ndarray, cuts: Cutoffs | None) -> tuple[np.ndarray, np.ndarray]:
@@ -53,21 +54,21 @@ def split_codes(lengths: np.ndarray, ts: np.ndarray, cuts: Cutoffs | None) -> tu
     u_train, u_before = np.repeat(n_train, lengths), np.repeat(n_before, lengths)
     codes[(pos >= u_train) & (pos < u_before)] = CONTEXT
     codes[pos > u_before] = LATER
-    codes[(pos == u_before) & (pos < np.repeat(lengths, lengths))] = LATER
+    codes[pos == u_before] = LATER
     # a target needs a history: validation after >= 1 training event, test after >= 1 earlier event
     codes[(pos == u_train) & (pos < u_before) & (u_train >= 1)] = VALID
-    codes[(pos == u_before) & (u_before >= 1)] = TEST
+    codes[(pos >= u_before) & (pos < u_before + cuts.next_events) & (u_before >= 1)] = TEST
     return codes, n_train.astype(np.int32)
 
 
-def target_positions(codes: list[np.ndarray] | np.ndarray, code: int) -> np.ndarray:
-    """Per user, the position of its `code` event (VALID or TEST), -1 where it has none."""
-    out = np.full(len(codes), -1, np.int64)
-    for u, c in enumerate(codes):
-        hit = np.flatnonzero(np.asarray(c) == code)
-        if len(hit):
-            out[u] = hit[0]
-    return out
+def targets(codes: list[np.ndarray] | np.ndarray, code: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every `code` event: (user row, position in the user's sequence), in user order."""
+    lengths = np.array([len(c) for c in codes], np.int64)
+    flat = np.concatenate([np.asarray(c) for c in codes]) if len(codes) else np.zeros(0, np.int8)
+    at = np.flatnonzero(flat == code)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    rows = np.searchsorted(starts, at, side="right") - 1
+    return rows.astype(np.int64), (at - starts[rows]).astype(np.int64)
 
 
 def resolve_cutoff(value: float | int | str, timestamps: np.ndarray) -> int:

@@ -32,7 +32,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.metrics import KS
-from seqrec.splits import TEST, target_positions
+from seqrec.splits import TEST, targets
 
 METRICS = [f"{m}@{k}" for k in KS for m in ("hr", "ndcg", "mrr")]
 
@@ -147,12 +147,10 @@ def rescore(scorer, data_path: Path, exclude_seen: bool, batch_size: int = 512) 
     catalogue = np.full(n_items, None, object)
     catalogue[vocab["item_idx"].to_numpy()] = vocab["item_id"].to_numpy(dtype=object)
     etype_names = np.asarray(meta["event_types"], dtype=object)
-    test_pos = target_positions(seq["split"], TEST)
-    keep = np.flatnonzero(test_pos >= 0)
-    end = test_pos[keep]
+    keep, end = targets(seq["split"], TEST)  # one row per test target; several per user under temporal
     items = [np.asarray(seq["items"].iat[i], np.int64) for i in keep]
     hist = [it[:e] for it, e in zip(items, end)]
-    targets = np.array([it[e] for it, e in zip(items, end)], np.int64)
+    target = np.array([it[e] for it, e in zip(items, end)], np.int64)
     users = seq["user_id"].to_numpy(dtype=str)[keep]
     etypes = [etype_names[np.asarray(seq["event_types"].iat[i])[:e]] for i, e in zip(keep, end)]
     stamps = [np.asarray(seq["timestamps"].iat[i])[:e] for i, e in zip(keep, end)]
@@ -164,8 +162,8 @@ def rescore(scorer, data_path: Path, exclude_seen: bool, batch_size: int = 512) 
 
     seen = [np.unique(h) for h in hist] if exclude_seen else None
     # -inf: items the champion never saw (it cannot recommend them); NaN would still be an error
-    means, per = evaluate_ranking(score, len(keep), targets, seen, n_items, batch_size, allow_neg_inf=True)
-    return means, per, users
+    means, per = evaluate_ranking(score, len(keep), target, seen, n_items, batch_size, allow_neg_inf=True, users=keep)
+    return means, per, users[np.unique(keep, return_index=True)[1]]
 
 
 def trained_on_test(scorer, data_path: Path) -> dict:
@@ -177,13 +175,13 @@ def trained_on_test(scorer, data_path: Path) -> dict:
     seq = pq.read_table(Path(data_path) / "sequences.parquet", columns=["user_id", "timestamps", "split"]).to_pandas()
     last = scorer.train_last_timestamps(seq["user_id"].to_numpy(dtype=str))
     if last is None:
-        return {"checked": False, "events": 0, "users": 0}
-    test_pos = target_positions(seq["split"], TEST)
-    keep = np.flatnonzero(test_pos >= 0)
-    ts = np.array([np.asarray(seq["timestamps"].iat[i])[p] for i, p in zip(keep, test_pos[keep])], np.int64)
+        return {"checked": False, "events": 0, "test_events": 0, "users": 0}
+    keep, pos = targets(seq["split"], TEST)
+    ts = np.array([np.asarray(seq["timestamps"].iat[i])[p] for i, p in zip(keep, pos)], np.int64)
     hit = ts <= last[keep]
     sample = [f"{u} at {t}" for u, t in zip(seq["user_id"].to_numpy(dtype=str)[keep][hit][:3], ts[hit][:3])]
-    return {"checked": True, "events": int(hit.sum()), "users": int(len(keep)), "sample": sample}
+    return {"checked": True, "events": int(hit.sum()), "test_events": int(len(keep)),
+            "users": int(len(np.unique(keep))), "sample": sample}
 
 
 def measure_latency(scorer, user_ids: np.ndarray, n: int, seed: int, rounds: int = 5) -> dict:
@@ -324,7 +322,7 @@ def write_report(out_dir: Path, d: dict, chal: Side, ref: Side) -> tuple[Path, P
 
 def _refuse(cfg: ABConfig, registry, run_dir: Path, version: int, champion: int, leak: dict, log) -> dict:
     """The decision when the champion cannot be judged fairly on these test events: recorded, never a pass."""
-    reason = (f"champion version {champion} was trained on {leak['events']} of the {leak['users']} test events of "
+    reason = (f"champion version {champion} was trained on {leak['events']} of the {leak['test_events']} test events of "
               f"this data version (e.g. {', '.join(leak['sample'])}): its re-scored metrics would be inflated. "
               f"Evaluate on events after its training data (eval.protocol=temporal with a later eval.cutoff), "
               f"or promote deliberately with `seqrec promote --version {version} --force`")

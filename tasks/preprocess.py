@@ -62,6 +62,8 @@ class SplitConfig(BaseModel):
                                 "events before it, or unix seconds, or an ISO date (UTC)")
     validation_cutoff: float | str | None = Field(None, description="temporal: the validation cut-off, before "
                                                   "`cutoff`; default: the same fraction of the events before it")
+    next_events: int = Field(5, ge=1, description="temporal: test on each user's first this many events after "
+                                                  "the cut-off (each with all earlier events as history)")
 
 
 class PreprocessResult(BaseModel):
@@ -344,8 +346,8 @@ def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedI
             "source": inputs.source, "inputs": {"events": inputs.events, "users": inputs.users, "items": inputs.items},
             "schema": inputs.schema_.model_dump(), "preprocess": pcfg.model_dump(),
             "event_types": etypes, "n_gap_buckets": len(pcfg.gap_bucket_edges_s) + 3,
-            "split": {"protocol": split.protocol, **({"valid_cutoff": cuts.valid, "test_cutoff": cuts.test}
-                                                     if cuts else {})},
+            "split": {"protocol": split.protocol, **({"valid_cutoff": cuts.valid, "test_cutoff": cuts.test,
+                                                      "next_events": cuts.next_events} if cuts else {})},
             "index": {"item_pad": PAD, "item_unknown": UNKNOWN, "item_first": 2, "user_unknown": 0}}
     write_json_atomic(staging / "meta.json", meta)
     return PreprocessResult(data_version=version, path=str(final), staging_path=str(staging), counts=counts,
@@ -371,7 +373,7 @@ def _cutoffs(client, buckets, item_keep, user_keep, split: SplitConfig, file: st
     if not valid < test:
         raise DataContractError(file, "timestamp", f"eval.validation_cutoff (unix {valid}) must come before "
                                 f"eval.cutoff (unix {test})")
-    return Cutoffs(valid=valid, test=test)
+    return Cutoffs(valid=valid, test=test, next_events=split.next_events)
 
 
 def _write_vocab(out: Path, item_ids: np.ndarray, user_ids: np.ndarray, etypes: list[str]) -> None:

@@ -33,7 +33,7 @@ from models.net import ModelConfig, SeqRecNet, param_count
 from models.train import (Trainer, TrainConfig, evaluate_model, pick_device, progress_printer, save_checkpoint,
                           seed_everything)
 from seqrec.fsutil import stable_hash, write_json_atomic
-from seqrec.splits import TEST, VALID, target_positions
+from seqrec.splits import TEST, VALID, targets
 from tasks.bundle import load_net
 from tasks.preprocess import SplitConfig, read_sequences
 
@@ -51,10 +51,13 @@ class EvalConfig(BaseModel):
                                 "events before it, unix seconds, or an ISO date (UTC)")
     validation_cutoff: float | str | None = Field(None, description="temporal: the validation cut-off; default: the "
                                                   "same fraction of the events before `cutoff`")
+    next_events: int = Field(5, ge=1, description="temporal: test targets per user, the first this many events "
+                                                  "after the cut-off (a user's metric is their mean)")
 
     def split(self) -> SplitConfig:
         """What preprocessing needs of the protocol (it writes the split into the data version)."""
-        return SplitConfig(protocol=self.protocol, cutoff=self.cutoff, validation_cutoff=self.validation_cutoff)
+        return SplitConfig(protocol=self.protocol, cutoff=self.cutoff, validation_cutoff=self.validation_cutoff,
+                           next_events=self.next_events)
     batch_size: int = 512
     item_chunk: int = Field(DEFAULT_ITEM_CHUNK, ge=1, description="items scored at a time in full-ranking "
                             "evaluation (memory ~ batch_size x item_chunk floats); results do not depend on it")
@@ -105,7 +108,7 @@ def load_sequences(data_path: Path, views: Path) -> Sequences:
                      gaps=[np.asarray(x, np.int64) for x in seq["gap_buckets"]],
                      engage=[np.asarray(x, np.int64) for x in engage],
                      n_train=seq["n_train"].to_numpy().astype(np.int64),
-                     valid_pos=target_positions(seq["split"], VALID), test_pos=target_positions(seq["split"], TEST),
+                     valid_targets=targets(seq["split"], VALID), test_targets=targets(seq["split"], TEST),
                      attr=np.load(Path(views) / "item_arrays.npz")["attr_target"].astype(np.float32))
 
 
@@ -253,12 +256,12 @@ def evaluate(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig,
             means, per = evaluate_ranking_chunked(lambda idx: model.chunk_scorer([ev["history"][i] for i in idx]),
                                                   len(ev["target"]), ev["target"],
                                                   ev["seen"] if ecfg.exclude_seen else None, net.n_items,
-                                                  ecfg.batch_size, ecfg.item_chunk)
+                                                  ecfg.batch_size, ecfg.item_chunk, users=ev["rows"])
             out["baselines"][name][split] = means
             if split == "test":
                 per_user[f"test_{name}"] = (ev, per)
     ev, per = per_user["test"]
-    users = read_sequences(data_path)["user_id"].to_numpy()[ev["rows"]]
+    users = read_sequences(data_path)["user_id"].to_numpy()[np.unique(ev["rows"])]  # per-user arrays: by_user
     frame = pd.DataFrame({"user_id": users, **{f"model.{k}": v for k, v in per.items()}})
     for name in ecfg.baselines:
         for k, v in per_user[f"test_{name}"][1].items():

@@ -116,7 +116,8 @@ def validate_processed(pre: PreprocessResult, vcfg: ValidationConfig, raw_result
         # per part (one per user bucket) in parallel; only per-user scalars are merged, never the events
         parts = sorted(str(p) for p in (staging / "sequences.parquet").glob("part-*.parquet"))
         split = meta.get("split") or {"protocol": "loo"}
-        cuts = Cutoffs(split["valid_cutoff"], split["test_cutoff"]) if split["protocol"] == "temporal" else None
+        cuts = (Cutoffs(split["valid_cutoff"], split["test_cutoff"], split.get("next_events", 1))
+                if split["protocol"] == "temporal" else None)
         checks = merge_sequence_checks(client.gather(client.map(_part_checks, parts, cuts=cuts, pure=False)) if client
                                        else [_part_checks(p, cuts) for p in parts])
         rules = sequence_rules(meta["counts"]["items"], len(meta["event_types"]) - 1, vcfg.min_eval_users)

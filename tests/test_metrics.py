@@ -79,7 +79,8 @@ def test_training_windows_train_every_target_once_with_context():
     for n in (2, 4, 23, 57):
         seqs = Sequences(user=np.array([1]), items=[np.arange(2, 2 + n)], etypes=[np.ones(n, int)],
                          gaps=[np.ones(n, int)], engage=[np.zeros(n, int)], n_train=np.array([n]),
-                         valid_pos=np.array([-1]), test_pos=np.array([-1]))
+                         valid_targets=(np.zeros(0, int), np.zeros(0, int)),
+                         test_targets=(np.zeros(0, int), np.zeros(0, int)))
         for stride in (None, 2, 3, 5):
             w = training_windows(seqs, L, stride)
             t, seq = w["target"].numpy(), w["seq"].numpy()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from seqrec.splits import CONTEXT, LATER, TEST, TRAIN, VALID, Cutoffs, resolve_cutoff, split_codes
 
@@ -86,7 +87,7 @@ def test_temporal_holdout_tests_only_on_events_after_all_training(versions):
     assert meta["protocol"] == "temporal" and meta["valid_cutoff"] < meta["test_cutoff"]
     assert ts[codes == TRAIN].max() < meta["valid_cutoff"] <= ts[codes == VALID].min()
     assert ts[codes == TEST].min() >= meta["test_cutoff"] > ts[codes == VALID].max()
-    assert (codes == TEST).sum() >= 50
+    assert len(np.unique(np.flatnonzero(codes == TEST))) >= 50
     # leave-one-out on the same log: some users' test events precede other users' training events
     ts, codes = _events(versions["loo"])
     assert ts[codes == TEST].min() < ts[codes == TRAIN].max()
@@ -103,11 +104,12 @@ def test_temporal_evaluation_inputs_are_everything_before_the_cutoff(versions):
     seqs = load_sequences(path, views)
     seq = pq.read_table(path / "sequences.parquet").to_pandas()
     test = eval_inputs(seqs, 50, "test")
-    for row, hist, target in zip(test["rows"][:50], test["history"][:50], test["target"][:50]):
+    assert len(test["rows"]) > len(np.unique(test["rows"]))  # up to eval.next_events (5) targets per user
+    for row, p, hist, target in zip(*seqs.test_targets, test["history"], test["target"]):
         codes = np.asarray(seq["split"].iat[row])
-        p = int(np.flatnonzero(codes == TEST)[0])
-        assert np.array_equal(hist, np.asarray(seq["items"].iat[row])[:p]) and target == seq["items"].iat[row][p]
-        assert set(codes[:p].tolist()) <= {TRAIN, VALID, CONTEXT}
+        assert codes[p] == TEST and np.array_equal(hist, np.asarray(seq["items"].iat[row])[:p])
+        assert target == seq["items"].iat[row][p]
+        assert set(codes[:p].tolist()) <= {TRAIN, VALID, CONTEXT, TEST}  # earlier test events are history
     valid = eval_inputs(seqs, 50, "validation")
     for row, hist in zip(valid["rows"][:50], valid["history"][:50]):
         assert len(hist) == seqs.n_train[row]  # validation sees the training events only
@@ -132,4 +134,19 @@ def test_the_ab_refuses_a_champion_trained_on_the_test_events(versions, tmp_path
     same = trained_on_test(scorer, path)
     assert same["checked"] and same["events"] == 0  # its own held-out events: a fair comparison
     early = trained_on_test(scorer, versions["early"])
-    assert early["events"] > early["users"] // 2 and early["sample"]
+    assert early["events"] > early["test_events"] // 2 and early["sample"]
+
+
+def test_temporal_next_events_are_several_targets_per_user_counted_once(tmp_path):
+    """eval.next_events=3: each user's first 3 events after the cut-off are test targets, each with
+    every earlier event as history; the user's metric is their mean, so the A/B still pairs users."""
+    from models.metrics import by_user, evaluate_ranking
+
+    codes, _ = split_codes(np.array([6]), np.array([1, 5, 12, 21, 22, 30]), Cutoffs(10, 20, next_events=3))
+    assert codes.tolist() == [TRAIN, TRAIN, VALID, TEST, TEST, TEST]
+    arrays = {"hr@10": np.array([1.0, 0.0, 1.0, 0.0, 0.5])}
+    assert by_user(arrays, np.array([0, 0, 0, 4, 4]))["hr@10"].tolist() == [pytest.approx(2 / 3), 0.25]
+    scores = torch.rand(5, 30)
+    m, per = evaluate_ranking(lambda idx: scores[idx], 5, np.array([3, 4, 5, 6, 7]), None, 30,
+                              users=np.array([0, 0, 0, 4, 4]))
+    assert m["users"] == 2 and m["targets"] == 5 and len(per["ndcg@10"]) == 2
