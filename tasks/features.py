@@ -21,6 +21,9 @@ from tasks.preprocess import read_sequences
 VIEWS_CODE_VERSION = 2  # 2: transition tables (transitions.npz)
 
 
+USER_STATS = ("n_train", "span_days", "recency_days", "mean_value")
+
+
 class ViewsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text_encoder: Literal["auto", "tfidf", "sentence"] = "auto"
@@ -32,6 +35,8 @@ class ViewsConfig(BaseModel):
     transition_lags: int = Field(0, ge=0, le=8, description="item -> item transition tables of the training "
                                  "events stored for lags 1..k (model.transition_lags uses up to this many; in "
                                  "a pipeline config it defaults to model.transition_lags)")
+    user_stats: list[Literal["n_train", "span_days", "recency_days", "mean_value"]] = Field(
+        list(USER_STATS), description="which activity statistics the user view carries (with user_activity)")
     user_activity: bool = Field(True, description="user view: also the activity statistics and the genre "
                                 "distribution of the user's training events (one summary of all of them, so a "
                                 "training position sees its own future; the profile attributes have no such skew)")
@@ -39,7 +44,8 @@ class ViewsConfig(BaseModel):
 
 def views_path(data_path: Path, vcfg: ViewsConfig) -> Path:
     # a setting at its original default leaves the hash (and so existing views directories) as it was
-    cfg = vcfg.model_dump(exclude={"user_activity"} if vcfg.user_activity else set())
+    at_default = {k for k in ("user_activity", "user_stats") if getattr(vcfg, k) == ViewsConfig.model_fields[k].default}
+    cfg = vcfg.model_dump(exclude=at_default)
     return Path(data_path) / "views" / stable_hash({"cfg": cfg, "code": VIEWS_CODE_VERSION}, n=12)
 
 
@@ -211,6 +217,7 @@ def user_view(data_path: Path, vcfg: ViewsConfig) -> dict:
         "recency_days": (np.nanmax(last) - last) / 86400,
         "mean_value": np.array([np.nanmean(v) if len(v) and np.isfinite(v).any() else np.nan for v in t_val]),
     } if vcfg.user_activity else {}
+    stats = {k: v for k, v in stats.items() if k in vcfg.user_stats}
     num_cols = [c for c in s["user_numeric"] if c in users]
     B = vcfg.num_buckets + 1
     num = np.zeros((n_users, len(num_cols) + len(stats)), np.int64)

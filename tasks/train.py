@@ -38,26 +38,19 @@ from tasks.bundle import load_net
 from tasks.preprocess import SplitConfig, read_sequences
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(SplitConfig):
+    """Evaluation: the protocol (eval.protocol, eval.cutoff, ...: SplitConfig, baked into the data
+    version) and how the ranking is scored."""
+
     model_config = ConfigDict(extra="forbid")
     exclude_seen: bool | Literal["auto"] = Field(
         "auto", description="rank only items the user has not interacted with. auto: on, unless the training "
         "targets repeat a seen item more often than max_repeat_rate (then the mask would point at the answer)")
     max_repeat_rate: float = Field(0.05, ge=0, le=1, description="exclude_seen=auto switches off above this share "
                                    "of training targets that repeat an item the user saw before")
-    protocol: Literal["loo", "temporal"] = Field("loo", description="leave-one-out, or temporal cut-offs "
-                                                 "(seqrec/splits.py); part of the data version")
-    cutoff: float | str = Field(0.9, description="temporal: the test cut-off: a fraction in (0, 1) = share of the "
-                                "events before it, unix seconds, or an ISO date (UTC)")
-    validation_cutoff: float | str | None = Field(None, description="temporal: the validation cut-off; default: the "
-                                                  "same fraction of the events before `cutoff`")
-    next_events: int = Field(5, ge=1, description="temporal: test targets per user, the first this many events "
-                                                  "after the cut-off (a user's metric is their mean)")
-
     def split(self) -> SplitConfig:
         """What preprocessing needs of the protocol (it writes the split into the data version)."""
-        return SplitConfig(protocol=self.protocol, cutoff=self.cutoff, validation_cutoff=self.validation_cutoff,
-                           next_events=self.next_events)
+        return SplitConfig(**self.model_dump(include=set(SplitConfig.model_fields)))
     batch_size: int = 512
     item_chunk: int = Field(DEFAULT_ITEM_CHUNK, ge=1, description="items scored at a time in full-ranking "
                             "evaluation (memory ~ batch_size x item_chunk floats); results do not depend on it")
