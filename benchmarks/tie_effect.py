@@ -42,7 +42,7 @@ def main() -> None:
     net = build_net(data, views, cfg.model)
     net.load_state_dict(torch.load(s["training"]["model_path"], map_location="cpu", weights_only=True))
     net.eval()
-    seqs = load_sequences(data, views)
+    seqs = load_sequences(data, views, cfg.model.user_history)
     ev = eval_inputs(seqs, cfg.model.max_len, "test")
     train_items = seqs.train_items()
     scorers = {"model": None, "pop": Popularity(train_items, net.n_items), "markov": Markov(train_items, net.n_items)}

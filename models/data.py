@@ -25,6 +25,7 @@ class Sequences:
     valid_targets: tuple[np.ndarray, np.ndarray]  # (user row, position) of each validation target
     test_targets: tuple[np.ndarray, np.ndarray]   # the same for the test targets (several per user: temporal)
     attr: np.ndarray | None = None  # (N, A) item attributes: windows then carry a summary of earlier events
+                                    # (model.user_history)
 
     def train_items(self) -> list[np.ndarray]:
         return [s[:n] for s, n in zip(self.items, self.n_train)]
@@ -44,6 +45,13 @@ def prefix_summary(items: np.ndarray, start: int, attr: np.ndarray) -> tuple[int
     return start, attr[items[:start]].sum(0, dtype=np.float32)
 
 
+def _prefix_sums(items: np.ndarray, attr: np.ndarray) -> np.ndarray:
+    """(len + 1, A): row k = attribute sums of the first k events (one pass per user, not per window)."""
+    out = np.zeros((len(items) + 1, attr.shape[1]), np.float32)
+    np.cumsum(attr[items], axis=0, dtype=np.float32, out=out[1:])
+    return out
+
+
 def training_windows(seqs: Sequences, L: int, stride: int | None = None) -> dict[str, torch.Tensor]:
     """Cut each user's training events into windows of L+1 events from the end, `stride` apart.
 
@@ -54,6 +62,7 @@ def training_windows(seqs: Sequences, L: int, stride: int | None = None) -> dict
     cols: dict[str, list] = {k: [] for k in ("seq", "etype", "gap", "target", "engage", "user", "pre_n", "pre_attr")}
     for u, items, et, gp, en, n in zip(seqs.user, seqs.items, seqs.etypes, seqs.gaps, seqs.engage, seqs.n_train):
         end = int(n)
+        sums = _prefix_sums(items[:end], seqs.attr) if seqs.attr is not None else None
         covered_from = end  # item positions >= this are targets of a later window already
         while end >= 2:
             start = max(0, end - L - 1)
@@ -69,10 +78,9 @@ def training_windows(seqs: Sequences, L: int, stride: int | None = None) -> dict
             cols["target"].append(target)
             cols["engage"].append(w_en[1:])
             cols["user"].append(u)
-            if seqs.attr is not None:
-                n_pre, attr_pre = prefix_summary(items, start, seqs.attr)
-                cols["pre_n"].append(n_pre)
-                cols["pre_attr"].append(attr_pre)
+            if sums is not None:
+                cols["pre_n"].append(start)
+                cols["pre_attr"].append(sums[start])
             if start == 0:
                 break
             covered_from = end - stride

@@ -286,8 +286,8 @@ def by_user(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.nda
     consecutive; in the order of np.unique(rows)). Users, not targets, are the independent units:
     the A/B pairs them, and a user with more test events must not count more."""
     uniq, inv = np.unique(rows, return_inverse=True)
-    if len(uniq) == len(rows):
-        return arrays
+    if len(uniq) == len(rows) and (len(rows) < 2 or bool(np.all(np.diff(rows) > 0))):
+        return arrays  # one target per user, already in user order
     n = np.bincount(inv)
     return {k: np.bincount(inv, weights=v, minlength=len(uniq)) / n for k, v in arrays.items()}
 

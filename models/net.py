@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -25,6 +25,12 @@ LSE_CHUNK = 65_536
 
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _history_is_part_of_the_user_view(self) -> "ModelConfig":
+        if self.user_history and not self.user_view:
+            raise ValueError("model.user_history=true is part of the user view: it needs model.user_view=true")
+        return self
     # defaults chosen on ml-100k *validation* NDCG@10 (BENCHMARKS.md, "model selection")
     encoder: Literal["lstm", "transformer", "hybrid"] = "lstm"
     dim: int = Field(64, ge=8)

@@ -167,19 +167,23 @@ def rescore(scorer, data_path: Path, exclude_seen: bool, batch_size: int = 512) 
 
 
 def trained_on_test(scorer, data_path: Path) -> dict:
-    """How many of the current data version's test events the bundle's model trained on (per user:
-    a test event no later than the user's last training event in the bundle). Re-scoring a champion
-    on events it learned from inflates its metrics, so the A/B refuses such a comparison."""
+    """How many of the current data version's test events the bundle's model trained on (bundle:
+    Scorer.trained_on). Re-scoring a champion on events it learned from inflates its metrics, so the
+    A/B refuses such a comparison."""
     import pyarrow.parquet as pq
 
-    seq = pq.read_table(Path(data_path) / "sequences.parquet", columns=["user_id", "timestamps", "split"]).to_pandas()
-    last = scorer.train_last_timestamps(seq["user_id"].to_numpy(dtype=str))
-    if last is None:
-        return {"checked": False, "events": 0, "test_events": 0, "users": 0}
+    data_path = Path(data_path)
+    seq = pq.read_table(data_path / "sequences.parquet", columns=["user_id", "items", "timestamps", "split"]).to_pandas()
+    vocab = pd.read_parquet(data_path / "vocab" / "items.parquet")
+    item_id = pd.Series(vocab["item_id"].to_numpy(dtype=str), index=vocab["item_idx"].to_numpy())
     keep, pos = targets(seq["split"], TEST)
+    users = seq["user_id"].to_numpy(dtype=str)[keep]
     ts = np.array([np.asarray(seq["timestamps"].iat[i])[p] for i, p in zip(keep, pos)], np.int64)
-    hit = ts <= last[keep]
-    sample = [f"{u} at {t}" for u, t in zip(seq["user_id"].to_numpy(dtype=str)[keep][hit][:3], ts[hit][:3])]
+    items = item_id.reindex([np.asarray(seq["items"].iat[i])[p] for i, p in zip(keep, pos)]).to_numpy()
+    hit = scorer.trained_on(users, items, ts)
+    if hit is None:
+        return {"checked": False, "events": 0, "test_events": int(len(keep)), "users": int(len(np.unique(keep)))}
+    sample = [f"user {u}, item {i} at {t}" for u, i, t in zip(users[hit][:3], items[hit][:3], ts[hit][:3])]
     return {"checked": True, "events": int(hit.sum()), "test_events": int(len(keep)),
             "users": int(len(np.unique(keep))), "sample": sample}
 
@@ -322,8 +326,8 @@ def write_report(out_dir: Path, d: dict, chal: Side, ref: Side) -> tuple[Path, P
 
 def _refuse(cfg: ABConfig, registry, run_dir: Path, version: int, champion: int, leak: dict, log) -> dict:
     """The decision when the champion cannot be judged fairly on these test events: recorded, never a pass."""
-    reason = (f"champion version {champion} was trained on {leak['events']} of the {leak['test_events']} test events of "
-              f"this data version (e.g. {', '.join(leak['sample'])}): its re-scored metrics would be inflated. "
+    reason = (f"champion version {champion} was trained on {leak['events']} of the {leak['test_events']} test "
+              f"events of this data version (e.g. {', '.join(leak['sample'])}): its re-scored metrics would be inflated. "
               f"Evaluate on events after its training data (eval.protocol=temporal with a later eval.cutoff), "
               f"or promote deliberately with `seqrec promote --version {version} --force`")
     log(f"A/B refused: {reason}")
@@ -357,6 +361,7 @@ def run_ab(cfg: ABConfig, registry, data_path: Path, run_dir: Path, summary: dic
         log(f"A/B: version {version} is already the champion; keeping the decision of an earlier attempt of this run")
         return json.loads(earlier.read_text())
     chal = challenger_side(Path(summary["per_user_metrics"]), summary["metrics"]["test"]["coverage@10"], version)
+    leak = {"checked": None}
     if champion is None or champion == version:
         ref = baseline_side(Path(summary["per_user_metrics"]), cfg.baseline, summary["baselines"])
         log(f"A/B: no champion yet; version {version} against the {cfg.baseline} baseline")
@@ -366,12 +371,16 @@ def run_ab(cfg: ABConfig, registry, data_path: Path, run_dir: Path, summary: dic
             leak = trained_on_test(scorer, data_path)
             if leak["events"]:
                 return _refuse(cfg, registry, run_dir, version, champion, leak, log)
+            if not leak["checked"]:
+                log(f"A/B: champion version {champion}'s bundle predates the record of its training events; "
+                    f"whether it trained on these test events is not checked")
             means, per, users = rescore(scorer, data_path, exclude_seen, batch_size)
             del scorer
         ref = Side(f"version {champion}", users, per, means["coverage@10"], champion)
         log(f"A/B: version {version} against champion version {champion} re-scored on {len(users)} current test users")
     latency = measure_latency(Scorer(bundle), chal.users, cfg.latency_users, seed, cfg.latency_rounds)
     decision = decide(cfg, chal, ref, latency, seed)
+    decision["overlap_checked"] = leak["checked"] if champion not in (None, version) else None
     write_report(Path(run_dir) / "ab", decision, chal, ref)
     registry.record_decision(version, decision)
     return decision

@@ -93,7 +93,7 @@ def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, wei
     seq["last_timestamp"] = [int(t[-1]) for t in seq["timestamps"]]
     # what the model learned from, per user: the A/B refuses to judge it on those events later
     seq["train_last_timestamp"] = [int(t[n - 1]) if n else -1 for t, n in zip(seq["timestamps"], seq["n_train"])]
-    seq = seq.drop(columns="n_train")
+    seq = seq.rename(columns={"n_train": "train_events"})  # its first train_events items trained the model
     seq.drop(columns="timestamps").to_parquet(out / "histories.parquet", index=False)
     etypes = np.concatenate(list(seq["event_types"])) if len(seq) else np.zeros(0, np.int64)
     gaps = np.concatenate(list(seq["gap_buckets"])) if len(seq) else np.zeros(0, np.int64)
@@ -149,8 +149,10 @@ class Scorer:
         self.hist_index = pd.Index(hist["user_id"].astype(str))
         self.hist = {c: list(hist[c]) for c in ("items", "event_types", "gap_buckets")}
         self.hist_user_idx = hist["user_idx"].to_numpy(np.int64)
+        # what the model learned from (bundles from before this record: None)
         self.hist_train_last = (hist["train_last_timestamp"].to_numpy(np.int64)
-                                if "train_last_timestamp" in hist else None)  # bundles before the record: None
+                                if "train_last_timestamp" in hist else None)
+        self.hist_train_n = hist["train_events"].to_numpy(np.int64) if "train_events" in hist else None
         self.etype_index = pd.Index(self.info["event_types"])
         counts = np.load(root / "views" / "item_arrays.npz")["train_counts"].astype(np.float64)
         counts[:ITEM_FIRST] = -1
@@ -167,12 +169,23 @@ class Scorer:
         """Row in the stored histories per user id (-1 = unknown user)."""
         return self.hist_index.get_indexer(pd.Index(np.asarray(user_ids, dtype=object).astype(str)))
 
-    def train_last_timestamps(self, user_ids) -> np.ndarray | None:
-        """Per user id, the time of the last event this model trained on (-1: none; None: not recorded)."""
+    def trained_on(self, user_ids, item_ids, timestamps) -> np.ndarray | None:
+        """Per event (user, item, time): whether this model trained on it (None: not recorded). An
+        event before the user's last training event is in the training prefix; one at that very
+        second (logs often give several events one timestamp) only if its item is among the user's
+        training items."""
         if self.hist_train_last is None:
             return None
         rows = self.user_rows(user_ids)
-        return np.where(rows >= 0, self.hist_train_last[np.maximum(rows, 0)], -1)
+        known = rows >= 0
+        last = np.where(known, self.hist_train_last[np.maximum(rows, 0)], -1)
+        ts = np.asarray(timestamps, np.int64)
+        hit = known & (ts < last)
+        for i in np.flatnonzero(known & (ts == last)):
+            r = rows[i]
+            n = self.hist_train_n[r] if self.hist_train_n is not None else len(self.hist["items"][r])
+            hit[i] = str(item_ids[i]) in set(self.item_ids[np.asarray(self.hist["items"][r][:n])].astype(str))
+        return hit
 
     def user_idx(self, user_ids) -> np.ndarray:
         pos = self.user_vocab.get_indexer(pd.Index(np.asarray(user_ids, dtype=object).astype(str)))

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seqrec.encoding import ITEM_PAD, ITEM_UNKNOWN, gap_buckets
 from seqrec.errors import DataContractError
@@ -61,7 +61,16 @@ class SplitConfig(BaseModel):
     cutoff: float | str = Field(0.9, description="temporal: the test cut-off: a fraction in (0, 1) = share of the "
                                 "events before it, or unix seconds, or an ISO date (UTC)")
     validation_cutoff: float | str | None = Field(None, description="temporal: the validation cut-off, before "
-                                                  "`cutoff`; default: the same fraction of the events before it")
+                                                  "`cutoff`; default: the same share of the events before it as "
+                                                  "`cutoff` leaves before itself")
+
+    @field_validator("cutoff", "validation_cutoff", mode="before")
+    @classmethod
+    def _dates_as_text(cls, v):
+        """YAML and --set read 2026-11-30 as a date: keep it as the ISO text resolve_cutoff reads."""
+        import datetime as dt
+
+        return v.isoformat() if isinstance(v, (dt.date, dt.datetime)) else v
     next_events: int = Field(5, ge=1, description="temporal: test on each user's first this many events after "
                                                   "the cut-off (each with all earlier events as history)")
 
@@ -369,7 +378,13 @@ def _cutoffs(client, buckets, item_keep, user_keep, split: SplitConfig, file: st
     if not len(before) or not (ts >= test).any():
         raise DataContractError(file, "timestamp", f"eval.cutoff={split.cutoff!r} (unix {test}) must fall inside "
                                 f"the events' time span {int(ts.min())}..{int(ts.max())}: events before and after it")
-    valid = resolve_cutoff(split.validation_cutoff if split.validation_cutoff is not None else split.cutoff, before)
+    # default: the validation cut-off leaves the same share of the training period after it as the
+    # test cut-off leaves of all events (a date or unix-seconds cut-off too)
+    share = split.validation_cutoff
+    if share is None:
+        fraction = isinstance(split.cutoff, (int, float)) and 0 < split.cutoff < 1
+        share = split.cutoff if fraction else len(before) / len(ts)
+    valid = resolve_cutoff(share, before)
     if not valid < test:
         raise DataContractError(file, "timestamp", f"eval.validation_cutoff (unix {valid}) must come before "
                                 f"eval.cutoff (unix {test})")

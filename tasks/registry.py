@@ -189,8 +189,9 @@ class Registry:
     # ------------------------------------------------------------------ writes
 
     def _drop_torn_tail(self) -> None:
-        """Truncate a last line that a crash cut short (no newline, or not JSON): appending after it
-        would glue the new entry to the garbage, and `entries` would skip both."""
+        """Truncate a last line that a crash cut short (not JSON): appending after it would glue the
+        new entry to the garbage, and `entries` would skip both. A complete entry that only lacks
+        its newline gets one (entries() counts it, so the alias may already follow it)."""
         try:
             f = open(self.log_path, "r+b")
         except FileNotFoundError:
@@ -202,15 +203,18 @@ class Registry:
             body = data[:-1] if data.endswith(b"\n") else data
             start = body.rfind(b"\n") + 1
             last = data[start:]
-            if last.endswith(b"\n"):
-                if not last.strip():
+            if not last.strip():
+                return
+            try:
+                json.loads(last)
+            except ValueError:  # torn: no completed intent (entries() skips it too)
+                f.truncate(start)
+            else:
+                if last.endswith(b"\n"):
                     return
-                try:
-                    json.loads(last)
-                    return
-                except ValueError:
-                    pass
-            f.truncate(start)
+                # complete JSON whose newline was not written: entries() already counts it, so keep it
+                f.seek(0, os.SEEK_END)
+                f.write(b"\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -340,11 +344,14 @@ def open_registry(tcfg, workdir: Path, require_shared: bool = True) -> Registry:
     SQLite file needs `tracking.registry_dir` (storage shared by all its runners; ConfigError), and
     a registry directory recorded for another store is refused. `require_shared=False` is for
     read-only use (aliases, versions) that never takes the lock or writes the log."""
-    from tasks.tracking import client_for, redact, registry_dir, store_key, tracking_uri
+    from tasks.tracking import client_for, redact, registry_dir, sqlite_path, store_key, tracking_uri
 
     uri = tracking_uri(tcfg, workdir)
+    # the default directory next to a SQLite file belongs to that file by construction (and moves
+    # with it); only a configured registry_dir can be pointed at another store's log
+    checked = tcfg.registry_dir is not None or sqlite_path(uri) is None
     reg = Registry(None, tcfg.model_name, registry_dir(tcfg, workdir, require_shared), tcfg.lock_timeout_s,
-                   store=store_key(uri), store_label=redact(uri))
+                   store=store_key(uri) if checked else None, store_label=redact(uri))
     reg.check_store()
     reg.client = client_for(tcfg, workdir)
     return reg

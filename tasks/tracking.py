@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seqrec.errors import ConfigError, SeqrecError
+from seqrec.fsutil import file_digest
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_PACKAGES = ("seqrec", "models", "tasks")
@@ -372,7 +373,8 @@ def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config:
     t0 = time.perf_counter()
     client = client_for(cfg, workdir)
     # one run, one version: a retried or resumed run finds what an earlier attempt registered
-    before = registered_before(client, cfg.model_name, summary, flow_run_id)
+    weights = file_digest(Path(bundle) / "weights.pt")
+    before = registered_before(client, cfg.model_name, summary, flow_run_id, weights)
     if before is not None:
         return _reuse(client, cfg, workdir, before, t0)
     exp_id = ensure_experiment(client, cfg, workdir)
@@ -416,6 +418,7 @@ def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config:
         mv = patient(mlflow.register_model, cfg.sqlite_wait_s, info.model_uri, cfg.model_name,
                                    tags={"seqrec.run_id": summary["run_id"],
                                          "prefect.flow_run_id": str(flow_run_id or ""),
+                                         "weights.digest": weights,
                                          "data_version": summary.get("data_version") or "",
                                          "test.ndcg_at_10": f"{(summary.get('metrics') or {}).get('test', {}).get('ndcg@10', float('nan')):.5f}"})
         client.set_registered_model_alias(cfg.model_name, "challenger", mv.version)
@@ -440,13 +443,15 @@ def _versions_tagged(client, name: str, key: str, value: str) -> list:
     return [v for v in client.search_model_versions(flt) if (v.tags or {}).get(key) == value]
 
 
-def registered_before(client, name: str, summary: dict, flow_run_id: str | None):
+def registered_before(client, name: str, summary: dict, flow_run_id: str | None, weights: str | None = None):
     """The version that an earlier attempt of this run registered, or None.
 
     An attempt is the same run when it has the same seqrec run id or the same Prefect flow-run id
-    (a flow retry, whose run id was generated anew) and the same data version (never attach this
-    run's summary to a model trained on other data). Versions whose registration failed or whose
-    MLflow run was deleted do not count."""
+    (a flow retry, whose run id was generated anew), the same data version (never attach this
+    run's summary to a model trained on other data) and the same weights (`weights`: digest of the
+    bundle's weights.pt; a retry that trained again to other weights registers them, so what the
+    A/B judged is what gets promoted). Versions whose registration failed or whose MLflow run was
+    deleted do not count."""
     from mlflow.exceptions import MlflowException
 
     data_version = summary.get("data_version") or ""
@@ -456,8 +461,10 @@ def registered_before(client, name: str, summary: dict, flow_run_id: str | None)
                                                                   str(flow_run_id))})
     for version in sorted(found, reverse=True):
         mv = found[version]
-        if (mv.tags or {}).get("data_version", "") != data_version or mv.status not in ("READY", None) \
-                or not mv.run_id:
+        tags = mv.tags or {}
+        if tags.get("data_version", "") != data_version or mv.status not in ("READY", None) or not mv.run_id:
+            continue
+        if weights is not None and tags.get("weights.digest", weights) != weights:
             continue
         try:
             run = client.get_run(mv.run_id)

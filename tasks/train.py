@@ -92,7 +92,9 @@ def resolve_exclude_seen(data_path: Path, ecfg: EvalConfig, log=print) -> tuple[
                                                                 "reason": reason}
 
 
-def load_sequences(data_path: Path, views: Path) -> Sequences:
+def load_sequences(data_path: Path, views: Path, user_history: bool = False) -> Sequences:
+    """The data version's sequences as arrays; `user_history`: with the item attributes the model's
+    causal user history summarises (models/data.py)."""
     seq = read_sequences(data_path)
     engage = pd.read_parquet(Path(views) / "sequence_labels.parquet")["engage"]
     return Sequences(user=seq["user_idx"].to_numpy().astype(np.int64),
@@ -102,7 +104,8 @@ def load_sequences(data_path: Path, views: Path) -> Sequences:
                      engage=[np.asarray(x, np.int64) for x in engage],
                      n_train=seq["n_train"].to_numpy().astype(np.int64),
                      valid_targets=targets(seq["split"], VALID), test_targets=targets(seq["split"], TEST),
-                     attr=np.load(Path(views) / "item_arrays.npz")["attr_target"].astype(np.float32))
+                     attr=np.load(Path(views) / "item_arrays.npz")["attr_target"].astype(np.float32)
+                     if user_history else None)
 
 
 def build_net(data_path: Path, views: Path, mcfg: ModelConfig) -> SeqRecNet:
@@ -133,7 +136,7 @@ def train(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, se
                                  ckpt_dir, item_chunk)
     seed_everything(seed)
     net = build_net(data_path, views, mcfg)
-    seqs = load_sequences(data_path, views)
+    seqs = load_sequences(data_path, views, mcfg.user_history)
     ckpt_dir = Path(ckpt_dir or Path(run_dir) / "checkpoints")
     trainer = Trainer(net, seqs, tcfg, seed, ckpt_dir, log, exclude_seen, dist, item_chunk)
     resumed = trainer.try_resume()
@@ -226,7 +229,7 @@ def evaluate(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig,
     net = build_net(data_path, views, mcfg)
     net.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
     net.to(pick_device(tcfg))
-    seqs = load_sequences(data_path, views)
+    seqs = load_sequences(data_path, views, mcfg.user_history)
     out: dict = {"validation": {}, "test": {}, "aux": {}, "baselines": {}}
     per_user = {}
     thresholds: dict[str, float] | None = None  # auxiliary heads: 0.5 on validation, then validation's best-F1

@@ -262,7 +262,7 @@ def test_user_history_is_causal_and_its_prefix_summary_exact(data_path, tmp_path
     views = build_views(data_path, ViewsConfig(text_encoder="tfidf", user_activity=False), tmp_path / "c")
     cfg = SMALL.model_copy(update={"user_history": True, "dropout": 0.0})
     net = build_net(data_path, views, cfg).eval()
-    seqs = load_sequences(data_path, views)
+    seqs = load_sequences(data_path, views, user_history=True)
     w = training_windows(seqs, cfg.max_len)
     i = int(torch.nonzero(w["pre_n"] > 0)[0])  # a window with events before it
     b = {k: v[i:i + 1] for k, v in w.items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -64,8 +65,11 @@ def versions(tmp_path_factory):
                                            users=str(synth_dir / "users.parquet"),
                                            items=str(synth_dir / "items.parquet"), schema=SYNTH_SCHEMA.model_dump()))
         raw = validate_raw(inputs, ValidationConfig(), client, wd / "run")
+        ts = np.sort(pd.read_parquet(synth_dir / "events")["timestamp"].to_numpy())
+        day = pd.Timestamp(int(ts[int(0.7 * len(ts))]), unit="s").date()  # a date, as YAML reads 2020-01-09
         for name, split in (("loo", SplitConfig()), ("temporal", SplitConfig(protocol="temporal", cutoff=0.7)),
-                            ("early", SplitConfig(protocol="temporal", cutoff=0.5))):
+                            ("early", SplitConfig(protocol="temporal", cutoff=0.5)),
+                            ("dated", SplitConfig(protocol="temporal", cutoff=day))):
             res = preprocess(inputs, PreprocessConfig(), ValidationConfig(), client, wd, split=split)
             validate_processed(res, ValidationConfig(), raw, wd / "run", client)
             out[name] = Path(res.path)
@@ -92,6 +96,15 @@ def test_temporal_holdout_tests_only_on_events_after_all_training(versions):
     ts, codes = _events(versions["loo"])
     assert ts[codes == TEST].min() < ts[codes == TRAIN].max()
     assert versions["loo"].name != versions["temporal"].name  # the protocol is part of the data version
+
+
+def test_a_dated_cutoff_places_the_validation_cutoff_before_it(versions):
+    import json
+
+    meta = json.loads((versions["dated"] / "meta.json").read_text())["split"]
+    ts, codes = _events(versions["dated"])
+    assert meta["valid_cutoff"] < meta["test_cutoff"] and (codes == VALID).any() and (codes == TEST).any()
+    assert ts[codes == TEST].min() >= meta["test_cutoff"] == pd.Timestamp(meta["test_cutoff"], unit="s").normalize().value // 10**9
 
 
 def test_temporal_evaluation_inputs_are_everything_before_the_cutoff(versions):
@@ -135,6 +148,15 @@ def test_the_ab_refuses_a_champion_trained_on_the_test_events(versions, tmp_path
     assert same["checked"] and same["events"] == 0  # its own held-out events: a fair comparison
     early = trained_on_test(scorer, versions["early"])
     assert early["events"] > early["test_events"] // 2 and early["sample"]
+    # logs give several events one timestamp: at the last training second only the trained items count
+    seq = pq.read_table(path / "sequences.parquet").to_pandas()
+    row = seq.iloc[0]
+    n, last = int(row["n_train"]), int(row["timestamps"][int(row["n_train"]) - 1])
+    ids = scorer.item_ids[np.asarray(row["items"])].astype(str)
+    other = next(i for i in scorer.item_ids[2:].astype(str) if i not in set(ids[:n]))
+    user = [row["user_id"]] * 4
+    hit = scorer.trained_on(user, [ids[n - 1], other, other, other], [last, last, last - 1, last + 1])
+    assert hit.tolist() == [True, False, True, False]
 
 
 def test_temporal_next_events_are_several_targets_per_user_counted_once(tmp_path):
@@ -150,3 +172,26 @@ def test_temporal_next_events_are_several_targets_per_user_counted_once(tmp_path
     m, per = evaluate_ranking(lambda idx: scores[idx], 5, np.array([3, 4, 5, 6, 7]), None, 30,
                               users=np.array([0, 0, 0, 4, 4]))
     assert m["users"] == 2 and m["targets"] == 5 and len(per["ndcg@10"]) == 2
+
+
+def test_a_split_without_validation_targets_is_refused_by_the_gate(tmp_path):
+    """A validation cut-off before every event leaves no validation target: the processed gate says
+    so (file, column, rule) instead of training failing later without a validation metric."""
+    from seqrec.errors import DataContractError
+    from tasks.dask_cluster import DaskConfig, dask_client
+    from tasks.preprocess import PreprocessConfig, SplitConfig, preprocess
+    from tasks.sources import SYNTH_SCHEMA, DataConfig, resolve_inputs
+    from tasks.synthetic import generate
+    from tasks.validate import validate_processed, validate_raw
+    from validation.config import ValidationConfig
+
+    generate(60, 30, 2_000, 3, tmp_path / "src", start_days=0)
+    with dask_client(DaskConfig(processes=False, n_workers=1), tmp_path) as client:
+        inputs = resolve_inputs(DataConfig(source="files", events=str(tmp_path / "src" / "events"),
+                                           schema=SYNTH_SCHEMA.model_dump()))
+        raw = validate_raw(inputs, ValidationConfig(), client, tmp_path / "run")
+        res = preprocess(inputs, PreprocessConfig(), ValidationConfig(), client, tmp_path,
+                         split=SplitConfig(protocol="temporal", cutoff=0.8, validation_cutoff=1_000_000_000))
+        with pytest.raises(DataContractError, match="validation event"):
+            validate_processed(res, ValidationConfig(), raw, tmp_path / "run", client)
+    assert not Path(res.path).exists()  # the version never became visible

@@ -109,6 +109,7 @@ def _stub_bundle(d: Path) -> Path:
     pd.DataFrame({"user_id": ["u1"]}).to_parquet(d / "histories.parquet")
     pd.DataFrame({"item_id": ["i1", "i2", "i3"]}).to_parquet(d / "items.parquet")
     (d / "bundle.json").write_text("{}")
+    (d / "weights.pt").write_bytes(b"weights of the first attempt")
     return d
 
 
@@ -138,9 +139,13 @@ def test_registration_is_idempotent_per_run(tmp_path):
     assert {k: again[k] for k in keys} == {k: first[k] for k in keys} == {k: retried[k] for k in keys}
     assert reg.client.get_run(first["mlflow_run_id"]).info.status == "FINISHED"
     assert reg.aliases()["challenger"] == 1
+    # a retry that trained again to other weights registers them: what the A/B judges is what is promoted
+    (bundle / "weights.pt").write_bytes(b"weights of a retrained attempt")
+    retrained = register("r1-retry2", "flow-1")
+    assert retrained["version"] == 2 and retrained["reused"] is False
     other = register("r2", None)  # another run registers its own version
-    assert other["version"] == 2 and other["reused"] is False
-    assert reg.version(2).tags["seqrec.run_id"] == "r2"
+    assert other["version"] == 3 and other["reused"] is False
+    assert reg.version(3).tags["seqrec.run_id"] == "r2"
 
 
 # ------------------------------------------------------------------- 4. champion deleted in MLflow
@@ -273,3 +278,17 @@ def test_remote_store_needs_a_shared_registry_dir(tmp_path):
     assert registry_dir(shared, tmp_path / "wd") == (tmp_path / "shared").resolve()
     # read-only commands (models, recommend, score) may still look at a remote store
     assert registry_dir(remote, tmp_path / "wd", require_shared=False) == (tmp_path / "wd").resolve() / "registry"
+
+
+def test_a_complete_last_entry_without_its_newline_is_kept(tmp_path):
+    """entries() counts a last line that is complete JSON, so the alias may already follow it: the
+    next append completes the line instead of cutting it off."""
+    from tasks.registry import Registry
+
+    reg = Registry(client=None, name="m", root=tmp_path)
+    reg._append({"action": "promote", "version": 1})
+    with open(reg.log_path, "a") as f:
+        f.write('{"action": "promote", "version": 2}')  # crash after the JSON, before the newline
+    assert reg.champion_stack() == [1, 2]
+    reg._append({"action": "promote", "version": 3})
+    assert reg.champion_stack() == [1, 2, 3]

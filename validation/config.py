@@ -21,6 +21,6 @@ class ValidationConfig(BaseModel):
     unknown_item_tolerance: float = Field(0.0, ge=0.0, le=1.0, description="fraction of events whose item is not in the items table")
     unknown_user_tolerance: float = Field(0.0, ge=0.0, le=1.0)
     numeric_abs_max: float = Field(1e9, description="profile/attribute numerics must be finite and within +-this")
-    min_eval_users: int = Field(2, ge=1, description="users with >= 3 events (a validation and a test event) "
-                                                     "needed to evaluate and compare models")
+    min_eval_users: int = Field(2, ge=1, description="users with a test event, and users with a validation event, "
+                                                     "needed to evaluate and compare models (the protocol places them)")
     docs_max_pieces: int = Field(16, description="Data Docs pages for at most this many event partitions (+ failing ones)")

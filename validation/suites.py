@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from seqrec.errors import DataContractError
-from seqrec.splits import TEST, Cutoffs, split_codes
+from seqrec.splits import TEST, VALID, Cutoffs, split_codes
 from validation.config import MIN_TIMESTAMP, ValidationConfig
 
 Kind = Literal["not_null", "between", "in_set", "unique", "rows_at_least"]
@@ -193,6 +193,9 @@ def sequence_rules(n_items: int, n_event_types: int, min_eval_users: int = 2) ->
         Rule("eval_users", "between", f"at least {min_eval_users} users need a test event (leave-one-out: 3 or more "
              f"events; temporal: events before and after eval.cutoff)", min=min_eval_users, row_level=False,
              report_column="user_id"),
+        Rule("valid_users", "between", f"at least {min_eval_users} users need a validation event (model selection; "
+             f"temporal: an event between eval.validation_cutoff and eval.cutoff after a training event)",
+             min=min_eval_users, row_level=False, report_column="user_id"),
         Rule("user_idx", "unique", "one row per user", row_level=False),
         Rule("min_item", "between", f"item indices must be in [2, {n_items + 1}] (0=pad, 1=unknown)",
              min=2, max=n_items + 1, row_level=False),
@@ -239,12 +242,15 @@ def sequence_checks(part: "pyarrow.Table", cuts: Cutoffs | None = None) -> pd.Da
     ok_lengths = (n == n_split).all() and (n == n_ts).all()
     want = split_codes(n, ts, cuts)[0] if ok_lengths else None
     split_bad = split.astype(np.int8) != want if ok_lengths else np.ones(len(items), bool)
-    has_test = np.bincount(user_of[split.astype(np.int8) == TEST], minlength=len(n)) if ok_lengths else \
-        np.zeros(len(n), np.int64)
+    def has(code: int) -> np.ndarray:
+        return (np.bincount(user_of[split.astype(np.int8) == code], minlength=len(n)) > 0 if ok_lengths else
+                np.zeros(len(n), bool))
     return pd.DataFrame({
         "user_idx": part["user_idx"].to_numpy(),
         "eval_users": np.zeros(len(n), np.int64),
-        "has_test": has_test > 0,
+        "valid_users": np.zeros(len(n), np.int64),
+        "has_test": has(TEST),
+        "has_valid": has(VALID),
         "min_item": per_user(items, np.minimum),
         "max_item": per_user(items, np.maximum),
         "max_event_type": per_user(etypes, np.maximum),
@@ -259,12 +265,14 @@ def merge_sequence_checks(parts: list[pd.DataFrame]) -> pd.DataFrame:
     checks = pd.concat(parts, ignore_index=True) if parts else sequence_checks_empty()
     # a table-level count repeated per row, so the rule table can express it
     checks["eval_users"] = int(checks["has_test"].sum())
-    return checks.drop(columns="has_test")
+    checks["valid_users"] = int(checks["has_valid"].sum())
+    return checks.drop(columns=["has_test", "has_valid"])
 
 
 def sequence_checks_empty() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
-        ("user_idx", "int32"), ("eval_users", "int64"), ("has_test", bool), ("min_item", "int64"),
+        ("user_idx", "int32"), ("eval_users", "int64"), ("valid_users", "int64"), ("has_test", bool),
+        ("has_valid", bool), ("min_item", "int64"),
         ("max_item", "int64"), ("max_event_type", "int64"), ("time_sorted", bool), ("split_ok", bool),
         ("lengths_ok", bool))})
 
