@@ -195,3 +195,31 @@ def test_a_split_without_validation_targets_is_refused_by_the_gate(tmp_path):
         with pytest.raises(DataContractError, match="validation event"):
             validate_processed(res, ValidationConfig(), raw, tmp_path / "run", client)
     assert not Path(res.path).exists()  # the version never became visible
+
+
+def test_a_temporal_run_refuses_to_judge_a_champion_on_events_it_trained_on(tmp_path, prefect_harness, cache_dir):
+    """Through the flow: a leave-one-out champion, then a temporal run on the same log whose test
+    period the champion trained on. The A/B says `refused` with the count, nothing is promoted, and
+    the decision is recorded on the version."""
+    from flows.config import validate_config
+    from flows.training import training_flow
+    from tasks.registry import open_registry
+    from tasks.tracking import TrackingConfig
+
+    base = {"data": {"source": "synthetic", "synthetic": {"users": 300, "items": 80, "events": 12_000, "seed": 7,
+                                                           "start_days": 0}},
+            "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2},
+            "model": {"dim": 32, "max_len": 20}, "train": {"epochs": 10, "batch_size": 64, "threads": 1,
+                                                            "progress": False},
+            "ab": {"baseline": "pop", "latency_users": 20, "latency_rounds": 2}}
+    wd = tmp_path / "wd"
+    first = training_flow(config=validate_config(base), workdir=str(wd), run_id="loo")
+    assert first["promoted"] is True and first["ab"]["decision"] == "pass"
+    temporal = validate_config({**base, "eval": {"protocol": "temporal", "cutoff": 0.6}})
+    second = training_flow(config=temporal, workdir=str(wd), run_id="temporal")
+    ab = second["ab"]
+    assert ab["decision"] == "refused" and second["promoted"] is False and ab["reference_version"] == 1
+    assert "was trained on" in ab["reasons"][0] and "--force" in ab["reasons"][0]
+    reg = open_registry(TrackingConfig(), wd)
+    assert reg.champion() == 1 and reg.version(2).tags["ab.decision"] == "refused"
+    assert "REFUSED" in (Path(second["run_dir"]) / "ab" / "ab_report.md").read_text()
