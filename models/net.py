@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+from seqrec.encoding import ITEM_FIRST  # item indices 0 (padding) and 1 (unknown) are never predicted
 
-ITEM_FIRST = 2  # item indices 0 (padding) and 1 (unknown) are never predicted
+
 LSE_CHUNK = 65_536
 
 

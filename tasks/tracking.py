@@ -502,7 +502,3 @@ def bundle_of(client, name: str, version: int | str, dst: Path) -> Path:
         raise ConfigError(f"model {name} version {version}: no seqrec bundle in its artifacts ({mv.source})")
     return path
 
-
-def log_json_artifact(client, run_id: str, data: dict, path: Path) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str))
-    client.log_artifact(run_id, str(path))

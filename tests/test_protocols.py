@@ -197,6 +197,7 @@ def test_a_split_without_validation_targets_is_refused_by_the_gate(tmp_path):
     assert not Path(res.path).exists()  # the version never became visible
 
 
+@pytest.mark.slow  # two flow runs (~45 s); tests/test_protocols.py checks the refusal rule itself by default
 def test_a_temporal_run_refuses_to_judge_a_champion_on_events_it_trained_on(tmp_path, prefect_harness, cache_dir):
     """Through the flow: a leave-one-out champion, then a temporal run on the same log whose test
     period the champion trained on. The A/B says `refused` with the count, nothing is promoted, and
