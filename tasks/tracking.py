@@ -11,7 +11,6 @@ example, registered under `tracking.model_name`, and the new version gets alias 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import subprocess
 import time

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from models import distributed as ddp
 from models.baselines import Markov, Popularity
