@@ -59,7 +59,7 @@ def runs(data, tmp_path_factory) -> dict:
 def test_two_processes_reach_the_quality_of_one(runs):
     one, two = runs["one"], runs["two"]
     assert two["world_size"] == 2 and two["device"] == "cpu"
-    # long enough to compare (early stopping ends it at 19 epochs since session 5's faster start)
+    # long enough to compare (early stopping ends it at 19 epochs with the id-scale side embeddings)
     assert len(two["history"]) == two["epochs_run"] >= 15
     assert Path(two["model_path"]).is_file() and not (Path(two["model_path"]).parent / "checkpoints").exists()
     assert sum(m.startswith("epoch ") for m in runs["logs"]) == two["epochs_run"], "rank 0 alone logs, once an epoch"

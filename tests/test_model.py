@@ -16,7 +16,7 @@ from tasks.features import ViewsConfig, build_views
 from tasks.train import EvalConfig, evaluate, train
 
 FAST = TrainConfig(epochs=3, batch_size=64, threads=1, progress=False)
-# dropout pinned: the figures in these tests were measured at 0.2 (the ml-100k default is 0.4 since session 6)
+# dropout pinned: the figures in these tests were measured at 0.2 (the ml-100k default is 0.4)
 SMALL = ModelConfig(dim=32, layers=1, heads=2, max_len=20, dropout=0.2)
 
 

@@ -39,7 +39,7 @@ def scenario(tmp_path_factory, prefect_harness, cache_dir):
 
     wd = tmp_path_factory.mktemp("registry") / "wd"
     # medium stops at 3 epochs (inside the warm-up) so that strong is clearly better: since the side
-    # embeddings start at the id scale (session 5) 9 epochs already came within noise of 15
+    # embeddings start at the id scale 9 epochs already came within noise of 15
     runs = {"medium": _cfg(train__epochs=3), "crippled": _cfg(train__epochs=1, train__lr=1e-5),
             "strong": _cfg(train__epochs=15), "same": _cfg(train__epochs=15)}
     out = {name: training_flow(config=cfg, workdir=str(wd), run_id=name) for name, cfg in runs.items()}
