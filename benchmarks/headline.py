@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 SYNTH = ["data.source=synthetic", "data.synthetic.start_days=0"]  # users active over one period: both protocols
@@ -30,8 +29,10 @@ METRICS = ("ndcg@10", "hr@10", "mrr@10", "coverage@10")
 
 
 def run(name: str, sets: list[str], out: Path) -> dict:
+    from seqrec.fsutil import stable_hash
+
     wd = out / "wd"  # one work directory: data versions and views are shared where they can be
-    summary = out / f"{name.split(',')[0]}-{abs(hash(tuple(sets))) % 10**8}.json"
+    summary = out / f"{name.split(',')[0]}-{stable_hash(sets, n=10)}.json"  # kept: a rerun only renders
     if not summary.is_file():
         cmd = [str(Path(sys.executable).with_name("seqrec")), "run", "--workdir", str(wd), "--until", "evaluate",
                "--summary-json", str(summary)] + [a for s in sets for a in ("--set", s)]
@@ -42,12 +43,12 @@ def run(name: str, sets: list[str], out: Path) -> dict:
 
 
 def lift(s: dict, baseline: str = "markov") -> dict:
-    from scipy import stats
+    """The A/B's paired statistics (tasks.ab.paired_stats) of the model against a baseline."""
+    from tasks.ab import ABConfig, paired_stats
 
     per = pd.read_parquet(s["per_user_metrics"])
-    d = (per["model.ndcg@10"] - per[f"{baseline}.ndcg@10"]).to_numpy()
-    ci = stats.bootstrap((d,), np.mean, n_resamples=5000, rng=np.random.default_rng(0)).confidence_interval
-    return {"lift": float(d.mean()), "ci": [float(ci.low), float(ci.high)], "users": int(len(d))}
+    st = paired_stats(per["model.ndcg@10"].to_numpy(), per[f"{baseline}.ndcg@10"].to_numpy(), ABConfig(), 0)
+    return {"lift": st["lift"], "ci": [st["ci_low"], st["ci_high"]], "users": st["n_users"]}
 
 
 def main() -> None:

@@ -59,18 +59,20 @@ def run_arm(data: Path, sets: list[str], seed: int, root: Path) -> dict:
 
 
 def compare(a: list[dict], b: list[dict], seed: int = 0) -> dict:
+    """The A/B's paired statistics (tasks.ab.paired_stats) on each user's mean over seeds, plus a
+    paired t-test over the seed means."""
     from scipy import stats
+
+    from tasks.ab import ABConfig, paired_stats
 
     ua = pd.concat([r["per_user"] for r in a], axis=1).mean(1)
     ub = pd.concat([r["per_user"] for r in b], axis=1).mean(1).reindex(ua.index)
-    d = (ub - ua).to_numpy()
-    ci = stats.bootstrap((d,), np.mean, n_resamples=10_000, confidence_level=0.95,
-                         rng=np.random.default_rng(seed)).confidence_interval
+    s = paired_stats(ub.to_numpy(), ua.to_numpy(), ABConfig(n_bootstrap=10_000), seed)
     ta, tb = np.array([r["test"] for r in a]), np.array([r["test"] for r in b])
     p_seeds = float(stats.ttest_rel(tb, ta).pvalue) if len(ta) > 1 and np.any(ta != tb) else 1.0
-    return {"b_minus_a": float(d.mean()), "ci95": [float(ci.low), float(ci.high)], "users": int(len(d)),
+    return {"b_minus_a": s["lift"], "ci95": [s["ci_low"], s["ci_high"]], "users": s["n_users"],
             "seed_means": {"a": float(ta.mean()), "b": float(tb.mean())}, "paired_t_over_seeds_p": p_seeds,
-            "better_users": float((d > 0).mean()), "worse_users": float((d < 0).mean())}
+            "better_users": s["shares"]["better"], "worse_users": s["shares"]["worse"]}
 
 
 def main() -> None:

@@ -215,6 +215,7 @@ class UserEncoder(nn.Module):
 
     def __init__(self, dim: int, tables: UserTables, dropout: float, history: torch.Tensor | None = None) -> None:
         super().__init__()
+        self.dim = dim
         self.tables = tables
         self.cat = nn.ModuleList(side_embedding(s, dim) for s in tables.cat_sizes)
         self.num = side_embedding(max(tables.num_size, 1), dim)
@@ -231,8 +232,7 @@ class UserEncoder(nn.Module):
         dev = users.device
         u = users.cpu()
         # no numeric column at all (no profile numbers, no activity statistics): nothing to average
-        h = self.num(t.num[u].to(dev)).mean(1) if t.num.shape[1] else torch.zeros(len(u), self.mlp[0].in_features,
-                                                                                   device=dev)
+        h = self.num(t.num[u].to(dev)).mean(1) if t.num.shape[1] else torch.zeros(len(u), self.dim, device=dev)
         for j, emb in enumerate(self.cat):
             h = h + emb(t.cat[u, j].to(dev))
         if self.dense is not None:

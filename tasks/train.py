@@ -65,8 +65,8 @@ def repeat_rate(data_path: Path) -> float:
     items = np.concatenate([np.asarray(v)[:n] for v, n in zip(seq["items"], lens)] or [np.zeros(0, np.int64)])
     users = np.repeat(np.arange(len(lens)), lens)
     repeats = pd.DataFrame({"u": users, "i": items}).duplicated().to_numpy()  # a later occurrence of (user, item)
-    targets = int(np.maximum(lens - 1, 0).sum())
-    return float(repeats.sum() / targets) if targets else 0.0
+    n_targets = int(np.maximum(lens - 1, 0).sum())
+    return float(repeats.sum() / n_targets) if n_targets else 0.0
 
 
 def resolve_exclude_seen(data_path: Path, ecfg: EvalConfig, log=print) -> tuple[EvalConfig, dict]:
