@@ -110,9 +110,9 @@ def hidden_leftovers(wd: Path) -> list[str]:
 
 
 def same_sequences(a: Path, b: Path) -> bool:
-    from tasks.preprocess import read_sequences
+    from seqrec.catalog import DataVersion
 
-    return read_sequences(a).equals(read_sequences(b))
+    return DataVersion(a).sequences().equals(DataVersion(b).sequences())
 
 
 # --------------------------------------------------------------------------- the repeated table

@@ -27,13 +27,13 @@ import torch
 from models.baselines import Markov, Popularity
 from models.metrics import evaluate_ranking_chunked
 from tasks import synthetic as S
-from tasks.preprocess import read_sequences
+from seqrec.catalog import DataVersion
 
 
 def generator_params(data: Path) -> dict:
     """Users, items, events and seed of the synthetic log behind a data version (its MANIFEST)."""
-    meta = json.loads((data / "meta.json").read_text())
-    manifest = json.loads((Path(meta["inputs"]["items"]).parent / "MANIFEST.json").read_text())
+    dv = DataVersion(data)
+    manifest = json.loads((Path(dv.meta["inputs"]["items"]).parent / "MANIFEST.json").read_text())
     if manifest.get("generator") != "seqrec.synthetic/1":
         raise SystemExit(f"{data} was not built from a seqrec synthetic log")
     return {**manifest["counts"], "seed": manifest["seed"], "follow": manifest.get("follow", S.P_FOLLOW),
@@ -63,7 +63,7 @@ def main() -> None:
     genre = np.zeros(n, int)
     genre[idx_of] = primary
     pop_share = pop / np.bincount(primary, weights=pop, minlength=n_genres)[primary]
-    seq = read_sequences(data)
+    seq = DataVersion(data).sequences()
     uid = dict(zip(uv["user_idx"], uv["user_id"].str[1:].astype(int)))
     users = np.array([uid[u] for u in seq["user_idx"]])
     train = [np.asarray(s[:k]) for s, k in zip(seq["items"], seq["n_train"])]

@@ -16,7 +16,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.model_bench import paired_ci  # noqa: E402
-from tasks.preprocess import read_sequences  # noqa: E402
+from seqrec.catalog import DataVersion  # noqa: E402
 
 EDGES = (0, 20, 100, 250, None)
 
@@ -24,7 +24,7 @@ EDGES = (0, 20, 100, 250, None)
 def test_target_counts(data: Path) -> tuple[np.ndarray, np.ndarray]:
     """User ids (in the evaluation's order: users with a test event) and their test target's count
     among all training events."""
-    seq = read_sequences(data)
+    seq = DataVersion(data).sequences()
     items = [np.asarray(s) for s in seq["items"]]
     n_train = seq["n_train"].to_numpy()
     keep = np.flatnonzero(np.array([len(s) for s in items]) >= 3)

@@ -1,7 +1,8 @@
 """PipelineConfig: one pydantic model composed of each stage's own config.
 
 Loaded from YAML, then `--set dotted.key=value` overrides (values parsed as YAML scalars/lists),
-then Prefect parameters. Unknown keys are errors, not silently ignored.
+then Prefect parameters. Unknown keys are errors, not silently ignored. `check_paths` resolves and
+checks every path a configuration names before a run writes anything (rules: seqrec.paths).
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from seqrec.configtree import load_tree
 from seqrec.errors import ConfigError
 from seqrec.fsutil import flatten
-from seqrec.paths import PathsConfig
+from seqrec.paths import PathsConfig, check_workdir, file_uri_path, input_path, output_path, resolve
 from seqrec.servers import ServerConfig
 from models.net import ModelConfig
 from models.train import TrainConfig
@@ -61,42 +62,8 @@ class PipelineConfig(BaseModel):
         return self
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: '{p}' is not a section")
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ConfigError(f"--set expects dotted.key=value, got '{text}'")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    tree: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {p} must be a mapping at the top level")
-    for item in overrides or []:
-        _set_dotted(tree, *parse_override(item))
-    return validate_config(tree, source=str(path) if path else "--set")
+    return validate_config(load_tree(path, overrides), source=str(path) if path else "--set")
 
 
 def validate_config(tree: dict[str, Any], source: str = "config") -> PipelineConfig:
@@ -112,3 +79,32 @@ def validate_config(tree: dict[str, Any], source: str = "config") -> PipelineCon
     return cfg
 
 
+def check_paths(config: PipelineConfig, workdir: str | Path) -> PipelineConfig:
+    """The config with every local path absolute and checked (raises ConfigError naming the key)."""
+    wd = check_workdir(workdir)
+    roots = [resolve(r) for r in config.paths.allowed_roots]
+    for key, r in zip(config.paths.allowed_roots, roots):
+        if r == Path(r.anchor):
+            raise ConfigError(f"paths.allowed_roots: {key} is a file-system root; name a directory")
+    data = config.data.model_copy()
+    if data.source == "files":
+        for key in ("events", "users", "items"):
+            if getattr(data, key):
+                setattr(data, key, str(input_path(f"data.{key}", getattr(data, key), "any")))
+    if data.ml100k_dir:
+        data.ml100k_dir = str(input_path("data.ml100k_dir", data.ml100k_dir, "dir"))
+    if data.cache_dir:
+        cache = resolve(data.cache_dir)
+        if cache.exists() and not cache.is_dir():
+            raise ConfigError(f"data.cache_dir: {cache} must be a directory (a file is in the way)")
+        data.cache_dir = str(cache)
+    tracking = config.tracking.model_copy()
+    uri = tracking.tracking_uri
+    if uri and uri.startswith("sqlite:///"):
+        db = output_path("tracking.tracking_uri", uri[len("sqlite:///"):], wd, roots, "file")
+        tracking.tracking_uri = f"sqlite:///{db}"
+    if tracking.artifact_location and (local := file_uri_path(tracking.artifact_location)) is not None:
+        tracking.artifact_location = str(output_path("tracking.artifact_location", local, wd, roots, "dir"))
+    if tracking.registry_dir:
+        tracking.registry_dir = str(output_path("tracking.registry_dir", tracking.registry_dir, wd, roots, "dir"))
+    return config.model_copy(update={"data": data, "tracking": tracking})

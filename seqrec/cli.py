@@ -64,7 +64,7 @@ def run(
     from flows.config import load_config
     from seqrec.errors import SeqrecError
 
-    from seqrec.paths import check_paths
+    from flows.config import check_paths
 
     try:
         cfg = check_paths(load_config(config, set_ or []), workdir)
@@ -153,7 +153,7 @@ def _registry(config: Optional[Path], set_: Optional[list[str]], workdir: Path, 
     from flows.config import load_config
     from seqrec.errors import SeqrecError
 
-    from seqrec.paths import check_paths
+    from flows.config import check_paths
 
     try:
         cfg = check_paths(load_config(config, set_ or []), workdir)

@@ -1,5 +1,5 @@
 """File paths from the configuration: resolved to absolute paths and checked before a run writes
-anything (issue 7, security defaults).
+anything (`flows.config.check_paths` applies these rules to a whole configuration).
 
 Inputs (data files, a GroupLens directory) must exist. Outputs (MLflow store and artifacts, the
 registry's promotion log and lock) must resolve, after following symlinks, inside the work
@@ -14,14 +14,10 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from seqrec.errors import ConfigError
-
-if TYPE_CHECKING:
-    from flows.config import PipelineConfig
 
 
 class PathsConfig(BaseModel):
@@ -35,7 +31,7 @@ def resolve(p: str | Path) -> Path:
     return Path(os.path.expanduser(str(p))).resolve()
 
 
-def _inside(p: Path, root: Path) -> bool:
+def inside(p: Path, root: Path) -> bool:
     return p == root or root in p.parents
 
 
@@ -49,9 +45,9 @@ def check_workdir(workdir: str | Path) -> Path:
     return wd
 
 
-def _output(key: str, value: str, wd: Path, roots: list[Path], kind: str) -> Path:
+def output_path(key: str, value: str, wd: Path, roots: list[Path], kind: str) -> Path:
     p = resolve(value)
-    if not any(_inside(p, r) for r in [wd, *roots]):
+    if not any(inside(p, r) for r in [wd, *roots]):
         raise ConfigError(f"{key}: {value} resolves to {p}, outside the work directory {wd}; rule: outputs stay "
                           "inside the work directory unless a parent is listed in paths.allowed_roots")
     if kind == "dir" and p.exists() and not p.is_dir():
@@ -61,7 +57,7 @@ def _output(key: str, value: str, wd: Path, roots: list[Path], kind: str) -> Pat
     return p
 
 
-def _input(key: str, value: str, kind: str) -> Path:
+def input_path(key: str, value: str, kind: str) -> Path:
     p = resolve(value)
     if glob.has_magic(str(value)):
         return Path(os.path.abspath(os.path.expanduser(value)))  # a pattern: expanded (and checked) at ingest
@@ -74,41 +70,10 @@ def _input(key: str, value: str, kind: str) -> Path:
     return p
 
 
-def _file_uri(uri: str) -> str | None:
+def file_uri_path(uri: str) -> str | None:
     """The local path of a `file:` URI or a plain path; None for remote stores (s3://, http://, ...)."""
     if uri.startswith("file://"):
         return uri[len("file://"):]
     if uri.startswith("file:"):
         return uri[len("file:"):]
     return None if "://" in uri else uri
-
-
-def check_paths(config: "PipelineConfig", workdir: str | Path) -> "PipelineConfig":
-    """The config with every local path absolute and checked (raises ConfigError naming the key)."""
-    wd = check_workdir(workdir)
-    roots = [resolve(r) for r in config.paths.allowed_roots]
-    for key, r in zip(config.paths.allowed_roots, roots):
-        if r == Path(r.anchor):
-            raise ConfigError(f"paths.allowed_roots: {key} is a file-system root; name a directory")
-    data = config.data.model_copy()
-    if data.source == "files":
-        for key in ("events", "users", "items"):
-            if getattr(data, key):
-                setattr(data, key, str(_input(f"data.{key}", getattr(data, key), "any")))
-    if data.ml100k_dir:
-        data.ml100k_dir = str(_input("data.ml100k_dir", data.ml100k_dir, "dir"))
-    if data.cache_dir:
-        cache = resolve(data.cache_dir)
-        if cache.exists() and not cache.is_dir():
-            raise ConfigError(f"data.cache_dir: {cache} must be a directory (a file is in the way)")
-        data.cache_dir = str(cache)
-    tracking = config.tracking.model_copy()
-    uri = tracking.tracking_uri
-    if uri and uri.startswith("sqlite:///"):
-        db = _output("tracking.tracking_uri", uri[len("sqlite:///"):], wd, roots, "file")
-        tracking.tracking_uri = f"sqlite:///{db}"
-    if tracking.artifact_location and (local := _file_uri(tracking.artifact_location)) is not None:
-        tracking.artifact_location = str(_output("tracking.artifact_location", local, wd, roots, "dir"))
-    if tracking.registry_dir:
-        tracking.registry_dir = str(_output("tracking.registry_dir", tracking.registry_dir, wd, roots, "dir"))
-    return config.model_copy(update={"data": data, "tracking": tracking})

@@ -32,6 +32,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.metrics import KS
+from seqrec.catalog import DataVersion
 from seqrec.splits import TEST, targets
 
 METRICS = [f"{m}@{k}" for k in KS for m in ("hr", "ndcg", "mrr")]
@@ -134,19 +135,13 @@ def challenger_side(per_user_path: Path, coverage: float, version: int) -> Side:
 def rescore(scorer, data_path: Path, exclude_seen: bool, batch_size: int = 512) -> tuple[dict, dict, np.ndarray]:
     """A model bundle (any data version) on the current data version's test users, ids mapped by
     name: (mean metrics, per-user arrays, user ids)."""
-    import pyarrow.parquet as pq
-
     from models.metrics import evaluate_ranking
 
-    data_path = Path(data_path)
-    meta = json.loads((data_path / "meta.json").read_text())
-    seq = pq.read_table(data_path / "sequences.parquet",
-                        columns=["user_id", "items", "event_types", "timestamps", "split"]).to_pandas()
-    vocab = pd.read_parquet(data_path / "vocab" / "items.parquet")
-    n_items = meta["counts"]["items"] + 2
-    catalogue = np.full(n_items, None, object)
-    catalogue[vocab["item_idx"].to_numpy()] = vocab["item_id"].to_numpy(dtype=object)
-    etype_names = np.asarray(meta["event_types"], dtype=object)
+    dv = DataVersion(data_path)
+    seq = dv.sequences(["user_id", "items", "event_types", "timestamps", "split"])
+    n_items = dv.n_items
+    catalogue = dv.item_ids()
+    etype_names = np.asarray(dv.event_types, dtype=object)
     keep, end = targets(seq["split"], TEST)  # one row per test target; several per user under temporal
     items = [np.asarray(seq["items"].iat[i], np.int64) for i in keep]
     hist = [it[:e] for it, e in zip(items, end)]
@@ -170,11 +165,9 @@ def trained_on_test(scorer, data_path: Path) -> dict:
     """How many of the current data version's test events the bundle's model trained on (bundle:
     Scorer.trained_on). Re-scoring a champion on events it learned from inflates its metrics, so the
     A/B refuses such a comparison."""
-    import pyarrow.parquet as pq
-
-    data_path = Path(data_path)
-    seq = pq.read_table(data_path / "sequences.parquet", columns=["user_id", "items", "timestamps", "split"]).to_pandas()
-    vocab = pd.read_parquet(data_path / "vocab" / "items.parquet")
+    dv = DataVersion(data_path)
+    seq = dv.sequences(["user_id", "items", "timestamps", "split"])
+    vocab = dv.item_vocab()
     item_id = pd.Series(vocab["item_id"].to_numpy(dtype=str), index=vocab["item_idx"].to_numpy())
     keep, pos = targets(seq["split"], TEST)
     users = seq["user_id"].to_numpy(dtype=str)[keep]

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from seqrec.catalog import DataVersion
 from seqrec.fsutil import atomic_dir, stable_hash, write_json_atomic, write_npy_atomic
-from tasks.preprocess import read_sequences
 
 VIEWS_CODE_VERSION = 2  # 2: transition tables (transitions.npz)
 
@@ -42,11 +42,16 @@ class ViewsConfig(BaseModel):
                                 "training position sees its own future; the profile attributes have no such skew)")
 
 
-def views_path(data_path: Path, vcfg: ViewsConfig) -> Path:
+def views_key(vcfg: ViewsConfig) -> str:
+    """The views directory's name: a hash of the views config and the code version."""
     # a setting at its original default leaves the hash (and so existing views directories) as it was
     at_default = {k for k in ("user_activity", "user_stats") if getattr(vcfg, k) == ViewsConfig.model_fields[k].default}
     cfg = vcfg.model_dump(exclude=at_default)
-    return Path(data_path) / "views" / stable_hash({"cfg": cfg, "code": VIEWS_CODE_VERSION}, n=12)
+    return stable_hash({"cfg": cfg, "code": VIEWS_CODE_VERSION}, n=12)
+
+
+def views_path(data_path: Path, vcfg: ViewsConfig) -> Path:
+    return DataVersion(data_path).views(views_key(vcfg)).path
 
 
 def _buckets(x: np.ndarray, n: int) -> np.ndarray:
@@ -78,13 +83,12 @@ def _train_part(seq: pd.DataFrame, col: str) -> list[np.ndarray]:
 
 
 def item_view(data_path: Path, vcfg: ViewsConfig, cache_dir: Path) -> dict:
-    meta = json.loads((Path(data_path) / "meta.json").read_text())
-    s = meta["schema"]
-    n = meta["counts"]["items"] + 2
-    seq = read_sequences(data_path)
+    dv = DataVersion(data_path)
+    s, n = dv.schema, dv.n_items
+    seq = dv.sequences()
     counts = np.bincount(np.concatenate(_train_part(seq, "items")), minlength=n)
     pop = np.where(counts > 0, 1 + np.minimum(vcfg.num_buckets * 2 - 1, np.floor(np.log2(counts + 1))), 0).astype(np.int64)
-    items = _items_table(data_path, n)
+    items = dv.items_table()
     idx = items["item_idx"].to_numpy()
     cat, cat_sizes = _categorical_codes(items, s["item_categorical"], idx, n)
     multi_lists: dict[int, list[int]] = {int(i): [] for i in idx}
@@ -116,11 +120,6 @@ def item_view(data_path: Path, vcfg: ViewsConfig, cache_dir: Path) -> dict:
             "num_size": (vcfg.num_buckets + 1) * max(1, len(num_cols)) + 1, "pop": pop,
             "pop_size": vcfg.num_buckets * 2 + 1, "text": text, "attr_target": attr, "attr_vocab": attr_vocab,
             "text_meta": text_meta, "train_counts": counts}
-
-
-def _items_table(data_path: Path, n: int) -> pd.DataFrame:
-    path = Path(data_path) / "tables" / "items.parquet"
-    return pd.read_parquet(path) if path.is_file() else pd.DataFrame({"item_idx": np.arange(2, n)})
 
 
 def attribute_targets(items: pd.DataFrame, multi_columns: list[str], n: int) -> tuple[np.ndarray, list[str]]:
@@ -195,15 +194,13 @@ def _sentence_embeddings(texts: list[str], vcfg: ViewsConfig) -> tuple[np.ndarra
 
 
 def user_view(data_path: Path, vcfg: ViewsConfig) -> dict:
-    meta = json.loads((Path(data_path) / "meta.json").read_text())
-    s = meta["schema"]
-    n_items = meta["counts"]["items"] + 2
-    attr_target, _ = attribute_targets(_items_table(data_path, n_items), s["item_multi"], n_items)
-    seq = read_sequences(data_path)
-    n_users = meta["counts"]["users"] + 1
+    dv = DataVersion(data_path)
+    s, n_items, n_users = dv.schema, dv.n_items, dv.n_users
+    attr_target, _ = attribute_targets(dv.items_table(), s["item_multi"], n_items)
+    seq = dv.sequences()
     uidx = seq["user_idx"].to_numpy()
-    path = Path(data_path) / "tables" / "users.parquet"
-    users = pd.read_parquet(path) if path.is_file() else pd.DataFrame({"user_idx": uidx})
+    users = dv.users_table()
+    users = pd.DataFrame({"user_idx": uidx}) if users is None else users
     pidx = users["user_idx"].to_numpy()
     cat, sizes = _categorical_codes(users, s["user_categorical"], pidx, n_users)
     # activity statistics from training events only
@@ -239,9 +236,9 @@ def user_view(data_path: Path, vcfg: ViewsConfig) -> dict:
 
 def sequence_view(data_path: Path, vcfg: ViewsConfig) -> dict:
     """Per-event engagement labels + the sizes the sequence encoder needs."""
-    meta = json.loads((Path(data_path) / "meta.json").read_text())
-    seq = read_sequences(data_path)
-    etypes = meta["event_types"]
+    dv = DataVersion(data_path)
+    seq = dv.sequences()
+    etypes = dv.event_types
     pos_types = np.array([i for i, t in enumerate(etypes) if t in vcfg.engage_event_types])
     thr = vcfg.engage_value_threshold
     engage = []
@@ -250,9 +247,8 @@ def sequence_view(data_path: Path, vcfg: ViewsConfig) -> dict:
         if thr is not None:
             e |= np.nan_to_num(np.asarray(val), nan=-np.inf) >= thr
         engage.append(e.astype(np.int8))
-    n_items = meta["counts"]["items"] + 2
-    return {"engage": engage, "n_event_types": len(etypes), "n_gap_buckets": meta["n_gap_buckets"],
-            "transitions": transition_tables(_train_part(seq, "items"), n_items, vcfg.transition_lags)}
+    return {"engage": engage, "n_event_types": len(etypes), "n_gap_buckets": dv.n_gap_buckets,
+            "transitions": transition_tables(_train_part(seq, "items"), dv.n_items, vcfg.transition_lags)}
 
 
 def transition_tables(train_items: list[np.ndarray], n_items: int, lags: int) -> dict[str, np.ndarray]:

@@ -26,9 +26,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from seqrec.encoding import ITEM_PAD, ITEM_UNKNOWN, gap_buckets
+from seqrec.catalog import USER_FIRST, DataVersion
+from seqrec.encoding import ITEM_FIRST, ITEM_PAD, ITEM_UNKNOWN, USER_UNKNOWN, gap_buckets
 from seqrec.errors import DataContractError
-from seqrec.fsutil import stable_hash, write_json_atomic
+from seqrec.fsutil import stable_hash
 from seqrec.splits import Cutoffs, resolve_cutoff, split_codes
 from tasks.sources import ResolvedInputs
 from validation.config import ValidationConfig
@@ -36,7 +37,6 @@ from validation.contract import event_pieces, read_events_piece, read_table_file
 from validation.suites import Rule, quarantine_mask
 
 PREPROCESS_CODE_VERSION = 1
-PAD, UNKNOWN = ITEM_PAD, ITEM_UNKNOWN  # item index 0 = padding, 1 = unknown item; real items start at 2
 
 
 class PreprocessConfig(BaseModel):
@@ -83,6 +83,18 @@ class PreprocessResult(BaseModel):
     counts: dict[str, int] = {}
     drops: dict[str, int] = {}
     seconds: float = 0.0
+
+    def as_reused(self) -> "PreprocessResult":
+        """The version as found on disk (a cache hit, or the content-addressed version already there)."""
+        return self.model_copy(update={"reused": True, "staging_path": None})
+
+    def summary(self) -> dict:
+        return {"data_version": self.data_version, "data_path": self.path, "data_reused": self.reused,
+                "drops": self.drops, "dataset": {k: self.counts[k] for k in ("users", "items", "events")}}
+
+    def describe(self) -> str:
+        return (f"preprocess: data version {self.data_version} ({'reused' if self.reused else 'new'}), "
+                f"{self.summary()['dataset']}, dropped {self.drops}")
 
 
 def data_version(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationConfig,
@@ -288,9 +300,9 @@ def preprocess(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationC
     version = data_version(inputs, pcfg, vcfg, split)
     final = Path(workdir) / "data" / version
     if final.is_dir():
-        meta = json.loads((final / "meta.json").read_text())
-        return PreprocessResult(data_version=version, path=str(final), reused=True, counts=meta["counts"],
-                                drops=meta["drops"], seconds=time.perf_counter() - t0)
+        dv = DataVersion(final)
+        return PreprocessResult(data_version=version, path=str(final), reused=True, counts=dv.counts,
+                                drops=dv.drops, seconds=time.perf_counter() - t0)
     staging = final.parent / f".staging-{version}-{int(time.time() * 1000)}"
     (staging / "sequences.parquet").mkdir(parents=True)
     try:
@@ -334,11 +346,11 @@ def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedI
     drops["duplicates"] = int(sum(dup_counts))
     item_keep, user_keep, iters = _kcore(client, buckets, pcfg, len(raw_items), len(raw_users))
     before = kept_rows - drops["duplicates"]
-    # final vocab: surviving ids in sorted order; items from 2 (0 pad, 1 unknown), users from 1 (0 unknown)
+    # final vocab: surviving ids in sorted order, items from ITEM_FIRST, users from USER_FIRST
     item_final = np.zeros(len(raw_items), np.int32)
-    item_final[item_keep] = np.arange(item_keep.sum(), dtype=np.int32) + 2
+    item_final[item_keep] = np.arange(item_keep.sum(), dtype=np.int32) + ITEM_FIRST
     user_final = np.zeros(len(raw_users), np.int32)
-    user_final[user_keep] = np.arange(user_keep.sum(), dtype=np.int32) + 1
+    user_final[user_keep] = np.arange(user_keep.sum(), dtype=np.int32) + USER_FIRST
     user_ids = np.concatenate([["<unknown>"], raw_users.to_numpy(dtype=object)[user_keep]]).astype(object)
     scattered = client.scatter([item_keep, user_keep, item_final, user_final, user_ids], broadcast=True, hash=False)
     cuts = _cutoffs(client, buckets, scattered[0], scattered[1], split, inputs.events[0])
@@ -357,8 +369,9 @@ def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedI
             "event_types": etypes, "n_gap_buckets": len(pcfg.gap_bucket_edges_s) + 3,
             "split": {"protocol": split.protocol, **({"valid_cutoff": cuts.valid, "test_cutoff": cuts.test,
                                                       "next_events": cuts.next_events} if cuts else {})},
-            "index": {"item_pad": PAD, "item_unknown": UNKNOWN, "item_first": 2, "user_unknown": 0}}
-    write_json_atomic(staging / "meta.json", meta)
+            "index": {"item_pad": ITEM_PAD, "item_unknown": ITEM_UNKNOWN, "item_first": ITEM_FIRST,
+                      "user_unknown": USER_UNKNOWN}}
+    DataVersion(staging).write_meta(meta)
     return PreprocessResult(data_version=version, path=str(final), staging_path=str(staging), counts=counts,
                             drops=drops, seconds=time.perf_counter() - t0)
 
@@ -394,10 +407,10 @@ def _cutoffs(client, buckets, item_keep, user_keep, split: SplitConfig, file: st
 def _write_vocab(out: Path, item_ids: np.ndarray, user_ids: np.ndarray, etypes: list[str]) -> None:
     (out / "vocab").mkdir(exist_ok=True)
     pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string()),
-                             "item_idx": pa.array(np.arange(len(item_ids), dtype=np.int32) + 2)}),
+                             "item_idx": pa.array(np.arange(len(item_ids), dtype=np.int32) + ITEM_FIRST)}),
                    out / "vocab" / "items.parquet")
     pq.write_table(pa.table({"user_id": pa.array(user_ids, pa.string()),
-                             "user_idx": pa.array(np.arange(len(user_ids), dtype=np.int32) + 1)}),
+                             "user_idx": pa.array(np.arange(len(user_ids), dtype=np.int32) + USER_FIRST)}),
                    out / "vocab" / "users.parquet")
     (out / "vocab" / "event_types.json").write_text(json.dumps(etypes))
 
@@ -412,15 +425,12 @@ def _write_tables(out: Path, inputs: ResolvedInputs, item_ids: np.ndarray, user_
         users = type_entities(read_table_file(inputs.users), "user_id", inputs.users, s.user_categorical,
                               s.user_numeric, [], [])
         idx = pd.Index(user_ids.astype(str)).get_indexer(users["user_id"])
-        users = users[idx >= 0].assign(user_idx=idx[idx >= 0] + 1).sort_values("user_idx")
+        users = users[idx >= 0].assign(user_idx=idx[idx >= 0] + USER_FIRST).sort_values("user_idx")
         users.to_parquet(out / "tables" / "users.parquet", index=False)
     if inputs.items:
         items = type_entities(read_table_file(inputs.items), "item_id", inputs.items, s.item_categorical,
                               s.item_numeric, s.item_text, s.item_multi)
         idx = pd.Index(item_ids.astype(str)).get_indexer(items["item_id"])
-        items = items[idx >= 0].assign(item_idx=idx[idx >= 0] + 2).sort_values("item_idx")
+        items = items[idx >= 0].assign(item_idx=idx[idx >= 0] + ITEM_FIRST).sort_values("item_idx")
         items.to_parquet(out / "tables" / "items.parquet", index=False)
 
-
-def read_sequences(path: Path | str) -> pd.DataFrame:
-    return pq.read_table(Path(path) / "sequences.parquet").to_pandas()

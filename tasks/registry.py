@@ -357,6 +357,46 @@ def open_registry(tcfg, workdir: Path, require_shared: bool = True) -> Registry:
     return reg
 
 
+
+def register_version(tracking, mcfg, exclude_seen: bool, params: dict, flat_params: dict, workdir: Path,
+                     run_dir: Path, summary: dict, data_path: Path, views: Path, model_path: Path,
+                     flow_run_id: str | None) -> dict:
+    """The run's model bundle, logged and registered as a version (alias challenger). Idempotent per
+    run: a retry or resume gets the version an earlier attempt registered."""
+    import shutil
+
+    from tasks.bundle import write_bundle
+    from tasks.tracking import log_and_register
+
+    # before anything is written or registered: a store without a shared registry directory
+    # (ConfigError) or a champion deleted in MLflow (RegistryError naming the repair) stops here,
+    # instead of registering versions that can never be compared or promoted
+    open_registry(tracking, workdir).check_champion()
+    if (run_dir / "bundle").exists():  # an earlier attempt of this run (a retry or resume)
+        shutil.rmtree(run_dir / "bundle")
+    bundle = write_bundle(run_dir / "bundle", data_path, views, mcfg, model_path, exclude_seen)
+    return log_and_register(tracking, workdir, run_dir, params, flat_params, summary, bundle, flow_run_id)
+
+
+def promote_if_passed(registry: Registry, version: int, decision: dict, mlflow_run_id: str, log=print,
+                      warn=print) -> bool:
+    """Move `champion` to `version` when its A/B decision passed, and only against the champion that
+    A/B compared with (the caller holds the registry lock, so a stale champion means a bug)."""
+    if decision["decision"] != "pass":
+        return False
+    champion = registry.champion()
+    if champion == version:  # a resumed run whose (reused) version an earlier attempt promoted
+        log(f"version {version} is already the champion (promoted by an earlier attempt)")
+        return True
+    if champion != decision["reference_version"]:
+        raise RegistryError(f"champion moved to {champion} after the A/B against "
+                            f"{decision['reference_version']}; not promoting version {version}")
+    entry = registry.promote(version, "promote", mlflow_run_id, decision, reason=f"A/B pass against {decision['baseline']}")
+    # the alias moved: the promotion is done; bookkeeping that failed after it is a warning, not a failure
+    for w in entry.get("warnings") or []:
+        warn(f"promote: {w}")
+    return True
+
 def _reference_of(tags: dict) -> int | None:
     """The champion version a recorded A/B compared with (None: the baseline, no champion then)."""
     ref = tags.get("ab.reference_version")

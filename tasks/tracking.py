@@ -501,3 +501,16 @@ def bundle_of(client, name: str, version: int | str, dst: Path) -> Path:
         raise ConfigError(f"model {name} version {version}: no seqrec bundle in its artifacts ({mv.source})")
     return path
 
+
+
+def attach_run_report(client, mlflow_run_id: str, run_dir: Path, summary_path: Path, ab: dict,
+                      promoted: bool) -> None:
+    """The A/B report, the decision's figures and the run summary onto the run's MLflow record."""
+    if (run_dir / "ab").is_dir():
+        client.log_artifacts(mlflow_run_id, str(run_dir / "ab"), artifact_path="ab")
+    for k in ("lift", "ci_low", "ci_high", "p_value"):
+        if ab.get(k) is not None:
+            client.log_metric(mlflow_run_id, f"ab/{k}", float(ab[k]))
+    client.set_tag(mlflow_run_id, "ab.decision", ab.get("decision", "none"))
+    client.set_tag(mlflow_run_id, "promoted", str(promoted).lower())
+    client.log_artifact(mlflow_run_id, str(summary_path))

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from models import distributed as ddp
 from models.baselines import Markov, Popularity
@@ -30,12 +30,13 @@ from models.data import Sequences, eval_inputs
 from models.distributed import SINGLE, DistContext
 from models.metrics import DEFAULT_ITEM_CHUNK, evaluate_ranking_chunked
 from models.net import ModelConfig, SeqRecNet, param_count
-from models.train import (Trainer, TrainConfig, evaluate_model, pick_device, progress_printer, save_checkpoint,
-                          seed_everything)
-from seqrec.fsutil import stable_hash, write_json_atomic
+from models.train import (Trainer, TrainConfig, TrainJob, evaluate_model, pick_device, progress_printer,
+                          save_checkpoint, seed_everything)
+from seqrec.catalog import DataVersion, Views
+from seqrec.fsutil import write_json_atomic
 from seqrec.splits import TEST, VALID, targets
 from tasks.bundle import load_net
-from tasks.preprocess import SplitConfig, read_sequences
+from tasks.preprocess import SplitConfig
 
 
 class EvalConfig(SplitConfig):
@@ -60,7 +61,7 @@ class EvalConfig(SplitConfig):
 def repeat_rate(data_path: Path) -> float:
     """Share of training targets (each user's training events after the first) that repeat an item
     the same user interacted with earlier; validation and test events are not looked at."""
-    seq = read_sequences(data_path)
+    seq = DataVersion(data_path).sequences(["items", "n_train"])
     lens = seq["n_train"].to_numpy()
     items = np.concatenate([np.asarray(v)[:n] for v, n in zip(seq["items"], lens)] or [np.zeros(0, np.int64)])
     users = np.repeat(np.arange(len(lens)), lens)
@@ -95,8 +96,9 @@ def resolve_exclude_seen(data_path: Path, ecfg: EvalConfig, log=print) -> tuple[
 def load_sequences(data_path: Path, views: Path, user_history: bool = False) -> Sequences:
     """The data version's sequences as arrays; `user_history`: with the item attributes the model's
     causal user history summarises (models/data.py)."""
-    seq = read_sequences(data_path)
-    engage = pd.read_parquet(Path(views) / "sequence_labels.parquet")["engage"]
+    seq = DataVersion(data_path).sequences()
+    v = Views(views)
+    engage = v.engagement()
     return Sequences(user=seq["user_idx"].to_numpy().astype(np.int64),
                      items=[np.asarray(x, np.int64) for x in seq["items"]],
                      etypes=[np.asarray(x, np.int64) for x in seq["event_types"]],
@@ -104,22 +106,36 @@ def load_sequences(data_path: Path, views: Path, user_history: bool = False) -> 
                      engage=[np.asarray(x, np.int64) for x in engage],
                      n_train=seq["n_train"].to_numpy().astype(np.int64),
                      valid_targets=targets(seq["split"], VALID), test_targets=targets(seq["split"], TEST),
-                     attr=np.load(Path(views) / "item_arrays.npz")["attr_target"].astype(np.float32)
-                     if user_history else None)
+                     attr=v.item_arrays()["attr_target"].astype(np.float32) if user_history else None)
 
 
 def build_net(data_path: Path, views: Path, mcfg: ModelConfig) -> SeqRecNet:
-    meta = json.loads((Path(data_path) / "meta.json").read_text())
-    return load_net(views, mcfg, meta["counts"]["items"] + 2, meta["counts"]["users"] + 1)
+    dv = DataVersion(data_path)
+    return load_net(views, mcfg, dv.n_items, dv.n_users)
 
 
-def checkpoint_key(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int,
-                   exclude_seen: bool) -> str:
-    """Identifies a training job by content, so a re-run after a crash finds the job's checkpoint
-    (train.processes is part of it: per-rank RNG streams make a DDP job's trajectory its own)."""
-    return stable_hash({"data": str(data_path), "views": str(views), "model": mcfg.model_dump(),
-                        "train": tcfg.model_dump(exclude={"progress"}), "seed": seed, "exclude_seen": exclude_seen},
-                       n=16)
+def data_id(data_path: Path, views: Path) -> str:
+    """What a job trains on, by content: the data version's and the views' hash names."""
+    return f"{Path(data_path).name}/{Path(views).name}"
+
+
+def train_job(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int,
+              exclude_seen: bool) -> TrainJob:
+    return TrainJob(data=data_id(data_path, views), model=mcfg, train=tcfg, seed=seed, exclude_seen=exclude_seen)
+
+
+def train_in_workdir(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int,
+                     ecfg: "EvalConfig", workdir: Path, run_dir: Path, log=print) -> dict:
+    """The pipeline's train stage: the job's checkpoints live in <workdir>/checkpoints/<job key>, so a
+    re-run after a crash resumes it; a second run of the same job waits for the first (one writer)."""
+    from seqrec.fsutil import waiting_lock
+
+    exclude_seen = bool(ecfg.exclude_seen)
+    ckpt = Path(workdir) / "checkpoints" / train_job(data_path, views, mcfg, tcfg, seed, exclude_seen).key()
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    with waiting_lock(Path(str(ckpt) + ".lock"), log, f"another run is training the same job ({ckpt}); waiting"):
+        return train(Path(data_path), views, mcfg, tcfg, seed, run_dir, log=log, exclude_seen=exclude_seen,
+                     ckpt_dir=ckpt, item_chunk=ecfg.item_chunk)
 
 
 def train(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int, run_dir: Path,
@@ -138,7 +154,8 @@ def train(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, se
     net = build_net(data_path, views, mcfg)
     seqs = load_sequences(data_path, views, mcfg.user_history)
     ckpt_dir = Path(ckpt_dir or Path(run_dir) / "checkpoints")
-    trainer = Trainer(net, seqs, tcfg, seed, ckpt_dir, log, exclude_seen, dist, item_chunk)
+    trainer = Trainer(net, seqs, tcfg, seed, ckpt_dir, log, exclude_seen, dist, item_chunk,
+                      data=data_id(data_path, views))
     resumed = trainer.try_resume()
     fit = trainer.fit()
     model_path = Path(run_dir) / "model.pt"
@@ -187,11 +204,25 @@ def train_distributed(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: Tra
     return json.loads(result.read_text())
 
 
+class WorkerConfig(BaseModel):
+    """What a training worker reads of a configuration: a pipeline config file works as it is (its
+    other sections are ignored), and so does the job file `train_distributed` writes."""
+
+    model_config = ConfigDict(extra="ignore")
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
 def main(argv: list[str] | None = None) -> None:
     """One torchrun worker: configs as in `seqrec run` (--config YAML/JSON, --set dotted.key=value)."""
     import argparse
 
-    from flows.config import load_config
+    from pydantic import ValidationError
+
+    from seqrec.configtree import load_tree
+    from seqrec.errors import ConfigError
 
     ap = argparse.ArgumentParser(prog="torchrun --standalone --nproc_per_node N -m tasks.train",
                                  description="train on a data version's views, data-parallel over the "
@@ -204,7 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-dir", help="checkpoint directory (default RUN_DIR/checkpoints)")
     ap.add_argument("--result", help="rank 0 writes the result JSON here (default RUN_DIR/train_result.json)")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, args.set)
+    try:
+        cfg = WorkerConfig.model_validate(load_tree(args.config, args.set))
+    except ValidationError as e:
+        raise ConfigError(f"invalid configuration ({args.config or '--set'}): {e}") from None
     ctx = ddp.from_env()
     if ctx.active:
         ddp.exit_with_launcher()
@@ -257,7 +291,7 @@ def evaluate(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig,
             if split == "test":
                 per_user[f"test_{name}"] = (ev, per)
     ev, per = per_user["test"]
-    users = read_sequences(data_path)["user_id"].to_numpy()[np.unique(ev["rows"])]  # per-user arrays: by_user
+    users = DataVersion(data_path).sequences(["user_id"])["user_id"].to_numpy()[np.unique(ev["rows"])]  # per-user arrays: by_user
     frame = pd.DataFrame({"user_id": users, **{f"model.{k}": v for k, v in per.items()}})
     for name in ecfg.baselines:
         for k, v in per_user[f"test_{name}"][1].items():

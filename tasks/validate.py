@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from seqrec.catalog import DataVersion
 from seqrec.errors import DataContractError
 from seqrec.fsutil import commit_dir
 from tasks.preprocess import PreprocessResult
@@ -106,25 +107,23 @@ def _part_checks(path: str, cuts: Cutoffs | None = None) -> pd.DataFrame:
 def validate_processed(pre: PreprocessResult, vcfg: ValidationConfig, raw_results: list[TableResult],
                        report_dir: Path, client=None) -> TableResult:
     """Check processed invariants on the staged version, then move it into place atomically."""
-    import json
-
     if pre.reused:
         return TableResult("sequences", [], [], rows=pre.counts.get("users", 0))
     staging = Path(pre.staging_path)
     try:
-        meta = json.loads((staging / "meta.json").read_text())
+        dv = DataVersion(staging)
         # per part (one per user bucket) in parallel; only per-user scalars are merged, never the events
-        parts = sorted(str(p) for p in (staging / "sequences.parquet").glob("part-*.parquet"))
-        split = meta.get("split") or {"protocol": "loo"}
+        parts = sorted(str(p) for p in dv.sequences_path.glob("part-*.parquet"))
+        split = dv.split
         cuts = (Cutoffs(split["valid_cutoff"], split["test_cutoff"], split.get("next_events", 1))
                 if split["protocol"] == "temporal" else None)
         checks = merge_sequence_checks(client.gather(client.map(_part_checks, parts, cuts=cuts, pure=False)) if client
                                        else [_part_checks(p, cuts) for p in parts])
-        rules = sequence_rules(meta["counts"]["items"], len(meta["event_types"]) - 1, vcfg.min_eval_users)
+        rules = sequence_rules(dv.counts["items"], len(dv.event_types) - 1, vcfg.min_eval_users)
         t = time.perf_counter()
         res = TableResult("sequences", rules, validate_frame("sequences", checks, rules,
-                                                             str(staging / "sequences.parquet")),
-                          rows=len(checks), files=[str(Path(pre.path) / "sequences.parquet")])
+                                                             str(dv.sequences_path)),
+                          rows=len(checks), files=[str(DataVersion(pre.path).sequences_path)])
         res.seconds = time.perf_counter() - t
         for r in raw_results:
             if r.quarantine_rules:
@@ -132,7 +131,7 @@ def validate_processed(pre: PreprocessResult, vcfg: ValidationConfig, raw_result
         write_reports([*raw_results, res], {"sequences": [("all", checks)]}, report_dir / "quality")
         if not res.success:
             raise_for(res)
-        shutil.copytree(report_dir / "quality", staging / "quality")
+        shutil.copytree(report_dir / "quality", dv.quality_dir)
         commit_dir(staging, Path(pre.path))
         return res
     except BaseException:

@@ -213,7 +213,7 @@ def test_hostile_config_is_refused_before_anything_is_written(case, tmp_path, pr
     from flows.config import validate_config
     from flows.training import training_flow
     from seqrec.errors import ConfigError
-    from seqrec.paths import check_paths
+    from flows.config import check_paths
 
     (tmp_path / "in").mkdir()
     wd = tmp_path / "wd"

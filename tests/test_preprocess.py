@@ -8,7 +8,8 @@ import pytest
 
 from benchmarks.pandas_reference import reference_sequences
 from tasks.dask_cluster import DaskConfig, dask_client
-from tasks.preprocess import PreprocessConfig, preprocess, read_sequences
+from seqrec.catalog import DataVersion
+from tasks.preprocess import PreprocessConfig, preprocess
 from tasks.sources import DataConfig, resolve_inputs
 from tasks.validate import validate_processed, validate_raw
 from tests.conftest import small_events
@@ -33,7 +34,7 @@ def _run(client, events: str, workdir: Path, pcfg: PreprocessConfig | None = Non
 def test_small_log_is_ordered_deduplicated_and_split(client, tmp_path):
     small_events().to_parquet(tmp_path / "ev.parquet")
     _, res = _run(client, str(tmp_path / "ev.parquet"), tmp_path / "wd")
-    seq = read_sequences(res.path).set_index("user_id")
+    seq = DataVersion(res.path).sequences().set_index("user_id")
     # vocab sorted by id: w=2 x=3 y=4 z=5; ties on timestamp keep the original row order (x before y)
     assert list(seq.loc["a", "items"]) == [5, 3, 4, 2]
     assert list(seq.loc["b", "items"]) == [4, 5, 3]
@@ -54,18 +55,18 @@ def test_short_users_are_train_only_and_kcore_iterates(client, tmp_path):
                                       "event_type": ["view", "view"], "value": [1.0, 1.0]})])
     ev.to_parquet(tmp_path / "ev.parquet")
     _, res = _run(client, str(tmp_path / "ev.parquet"), tmp_path / "wd", PreprocessConfig(min_item_events=2, min_user_events=3))
-    seq = read_sequences(res.path).set_index("user_id")
+    seq = DataVersion(res.path).sequences().set_index("user_id")
     # q (1 event) and w (1 event) go; then d has 1 event left and goes too
     assert "d" not in seq.index
     assert res.counts["items"] == 3 and res.counts["kcore_iterations"] >= 2
-    one = read_sequences(res.path)
+    one = DataVersion(res.path).sequences()
     assert all(list(s[-2:]) == [1, 2] for s, n in zip(one["split"], one["n_events"]) if n >= 3)
 
 
 def test_matches_the_pandas_reference_and_reuses_the_version(client, synth_dir, tmp_path):
     pcfg = PreprocessConfig(min_user_events=5, min_item_events=3, rows_per_bucket=3000)
     inputs, res = _run(client, str(synth_dir / "events"), tmp_path / "wd", pcfg)
-    got = read_sequences(res.path).sort_values("user_idx").reset_index(drop=True)
+    got = DataVersion(res.path).sequences().sort_values("user_idx").reset_index(drop=True)
     want = reference_sequences(inputs, pcfg, ValidationConfig())
     assert len(got) == len(want) and res.counts["events"] == int(want["n_events"].sum())
     assert got["user_id"].tolist() == want["user_id"].tolist()
@@ -86,13 +87,13 @@ def test_processed_checks_catch_each_broken_invariant(client, tmp_path):
 
     small_events().to_parquet(tmp_path / "ev.parquet")
     _, res = _run(client, str(tmp_path / "ev.parquet"), tmp_path / "wd", PreprocessConfig(rows_per_bucket=1000))
-    good = pa.Table.from_pandas(read_sequences(res.path), preserve_index=False)
+    good = pa.Table.from_pandas(DataVersion(res.path).sequences(), preserve_index=False)
     base = merge_sequence_checks([sequence_checks(good)])
     assert base[["time_sorted", "split_ok", "lengths_ok"]].all().all()
     assert (base["eval_users"] == 3).all() and (base["min_item"] >= 2).all()
 
     def broken(col: str, user: int, fn) -> pd.DataFrame:
-        df = read_sequences(res.path)
+        df = DataVersion(res.path).sequences()
         df.at[user, col] = fn(np.asarray(df.at[user, col]))
         return merge_sequence_checks([sequence_checks(pa.Table.from_pandas(df, preserve_index=False))])
 

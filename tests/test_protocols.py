@@ -84,10 +84,10 @@ def _events(path: Path):
 
 
 def test_temporal_holdout_tests_only_on_events_after_all_training(versions):
-    import json
+    from seqrec.catalog import DataVersion
 
     ts, codes = _events(versions["temporal"])
-    meta = json.loads((versions["temporal"] / "meta.json").read_text())["split"]
+    meta = DataVersion(versions["temporal"]).split
     assert meta["protocol"] == "temporal" and meta["valid_cutoff"] < meta["test_cutoff"]
     assert ts[codes == TRAIN].max() < meta["valid_cutoff"] <= ts[codes == VALID].min()
     assert ts[codes == TEST].min() >= meta["test_cutoff"] > ts[codes == VALID].max()
@@ -99,9 +99,9 @@ def test_temporal_holdout_tests_only_on_events_after_all_training(versions):
 
 
 def test_a_dated_cutoff_places_the_validation_cutoff_before_it(versions):
-    import json
+    from seqrec.catalog import DataVersion
 
-    meta = json.loads((versions["dated"] / "meta.json").read_text())["split"]
+    meta = DataVersion(versions["dated"]).split
     ts, codes = _events(versions["dated"])
     assert meta["valid_cutoff"] < meta["test_cutoff"] and (codes == VALID).any() and (codes == TEST).any()
     assert ts[codes == TEST].min() >= meta["test_cutoff"] == pd.Timestamp(meta["test_cutoff"], unit="s").normalize().value // 10**9

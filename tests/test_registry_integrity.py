@@ -169,22 +169,19 @@ def test_deleted_champion_stops_reconcile_with_the_repair(tmp_path):
     assert reg.check_champion() == 1 and reg.reconcile() == 1
 
 
-def test_register_task_checks_the_champion_before_registering(tmp_path):
-    from flows.config import PipelineConfig
-    from flows.training import register_task
-    from tasks.registry import RegistryError
+def test_registration_checks_the_champion_before_registering(tmp_path):
+    from models.net import ModelConfig
+    from tasks.registry import RegistryError, register_version
 
     reg = _registry(tmp_path)
     _versions(reg, 2)
     reg.promote(1, "promote")
     reg.client.delete_model_version(reg.name, "1")
-    config = PipelineConfig().model_copy(update={"tracking": _tcfg(tmp_path)})
     run_dir = tmp_path / "wd" / "runs" / "r"
     run_dir.mkdir(parents=True)
     with pytest.raises(RegistryError) as e:
-        register_task.fn(config=config, workdir=tmp_path / "wd", run_dir=run_dir,
-                         summary={"run_id": "r", "training": {"model_path": str(run_dir / "model.pt")}},
-                         data_path=str(tmp_path / "data"), views=tmp_path / "views")
+        register_version(_tcfg(tmp_path), ModelConfig(), True, {}, {}, tmp_path / "wd", run_dir, {"run_id": "r"},
+                         tmp_path / "data", tmp_path / "views", run_dir / "model.pt", None)
     assert "champion version 1" in str(e.value) and "seqrec promote --version 2 --force" in str(e.value)
     assert not (run_dir / "bundle").exists()
     assert [int(v.version) for v in reg.versions()] == [2]
@@ -255,10 +252,9 @@ def test_two_workdirs_on_one_store_share_lock_and_log(tmp_path):
 
 def test_remote_store_needs_a_shared_registry_dir(tmp_path):
     """No server needed: the check comes before any call to it."""
-    from flows.config import PipelineConfig
-    from flows.training import register_task
+    from models.net import ModelConfig
     from seqrec.errors import ConfigError
-    from tasks.registry import open_registry
+    from tasks.registry import open_registry, register_version
     from tasks.tracking import TrackingConfig, registry_dir
 
     remote = TrackingConfig(tracking_uri="http://127.0.0.1:9", http_retries=0)
@@ -270,9 +266,8 @@ def test_remote_store_needs_a_shared_registry_dir(tmp_path):
     run_dir = tmp_path / "wd2" / "runs" / "r"
     run_dir.mkdir(parents=True)
     with pytest.raises(ConfigError, match="tracking.registry_dir"):
-        register_task.fn(config=PipelineConfig().model_copy(update={"tracking": remote}), workdir=tmp_path / "wd2",
-                         run_dir=run_dir, summary={"run_id": "r", "training": {"model_path": "m.pt"}},
-                         data_path=str(tmp_path / "data"), views=tmp_path / "views")
+        register_version(remote, ModelConfig(), True, {}, {}, tmp_path / "wd2", run_dir, {"run_id": "r"},
+                         tmp_path / "data", tmp_path / "views", Path("m.pt"), None)
     assert not (run_dir / "bundle").exists()
     shared = remote.model_copy(update={"registry_dir": str(tmp_path / "shared")})
     assert registry_dir(shared, tmp_path / "wd") == (tmp_path / "shared").resolve()
