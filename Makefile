@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := true
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,12 @@ run: $(STAMP)  ## fetch ml-100k, validate, preprocess (and later stages) as one 
 
 test: $(STAMP)  ## the default suite (slow end-to-end tests excluded)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -q
+
+lint: $(STAMP)  ## ruff over the code, tests and benchmarks (rules in pyproject.toml)
+	$(BIN)/ruff check seqrec flows tasks models validation tests benchmarks
+
+typecheck: $(STAMP)  ## mypy on the core packages (the CLI on top is left to its tests)
+	$(BIN)/mypy seqrec models validation
 
 test-all: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q

@@ -36,7 +36,7 @@ def score_task(config: PipelineConfig, workdir: Path, alias: str, k: int) -> dic
 
 
 @flow(name="seqrec-scoring", log_prints=True)
-def scoring_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".seqrec", alias: str = "champion",
+def scoring_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".seqrec", alias: str = "champion",  # noqa: B008
                  k: int = 10) -> dict[str, Any]:
     """Top-k recommendations for all known users from the registered model under `alias`."""
     from prefect.artifacts import create_markdown_artifact

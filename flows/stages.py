@@ -14,8 +14,7 @@ from flows.run import LOCAL, PipelineRun, Runner, artifact, inline
 from seqrec.fsutil import sole_writer
 from tasks import preprocess as pre
 from tasks import sources
-from tasks.stages import (RawGate, ViewsResult, features_task, item_view_task, preprocess_task, sequence_view_task,
-                          user_view_task, validate_processed_task)
+from tasks.stages import VIEW_TASKS, RawGate, ViewsResult, features_task, preprocess_task, validate_processed_task
 
 if TYPE_CHECKING:
     from tasks.registry import Registry
@@ -45,7 +44,7 @@ def data_version(run: PipelineRun, pool: Runner, inputs: sources.ResolvedInputs,
 
 def views(run: PipelineRun, pool: Runner, data: pre.PreprocessResult) -> ViewsResult:
     """The views directory of `data` for the run's views config."""
-    from tasks.features import views_path
+    from tasks.features import build_views, views_path
 
     c = run.config
     out = views_path(Path(data.path), c.views)
@@ -57,15 +56,16 @@ def views(run: PipelineRun, pool: Runner, data: pre.PreprocessResult) -> ViewsRe
             return run.stage("features", combine, then=lambda p: ViewsResult(Path(p), True),
                              data_path=data.path, vcfg=c.views, views=None)
 
-        def compute() -> ViewsResult:
-            futures = [pool.submit(item_view_task, data_path=data.path, vcfg=c.views,
-                                   cache_dir=sources.cache_root(c.data)),
-                       pool.submit(user_view_task, data_path=data.path, vcfg=c.views),
-                       pool.submit(sequence_view_task, data_path=data.path, vcfg=c.views)]
-            return ViewsResult(Path(pool(combine, data_path=data.path, vcfg=c.views,
-                                         views=tuple(f.result() for f in futures))), False)
+        def concurrently(calls: list) -> list:
+            futures = [pool.submit(VIEW_TASKS[name], **kwargs) for name, kwargs in calls]
+            return [f.result() for f in futures]
 
-        return run.stage("features", compute, on=inline)
+        def combined(outputs: list) -> str:
+            return pool(combine, data_path=data.path, vcfg=c.views, views=tuple(outputs))
+
+        return run.stage("features", build_views, on=inline, then=lambda p: ViewsResult(p, False),
+                         data_path=Path(data.path), vcfg=c.views, cache_dir=sources.cache_root(c.data),
+                         compute=concurrently, write=combined, refresh=True)
 
 
 def with_protocol(run: PipelineRun, data: pre.PreprocessResult):

@@ -26,7 +26,7 @@ __all__ = ["STAGES", "training_flow"]
 
 
 @flow(name="seqrec-training", log_prints=True)
-def training_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".seqrec", run_id: str | None = None,
+def training_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".seqrec", run_id: str | None = None,  # noqa: B008
                   until: str | None = None, refresh: bool = False) -> dict[str, Any]:
     """Train, evaluate, register, compare and (if the A/B passes) promote. `refresh` recomputes the
     cached pure stages (preprocess, features) even when their content hash is unchanged."""

@@ -1,4 +1,4 @@
-"""Full-ranking metrics (DESIGN.md section 4), vectorised in torch, batched over users and chunked
+"""Full-ranking metrics, vectorised in torch, batched over users and chunked
 over the catalogue.
 
 Ties never help the target. With `higher` catalogue items scored strictly above the target and
@@ -242,8 +242,8 @@ def rank_users(score_fn: BatchScorer, n_users: int, targets: np.ndarray, seen: l
         higher, ties = higher + h, equal + e - 1
         last = ~torch.isfinite(tgt_score)  # a target that cannot be scored ranks last
         higher, ties = higher.masked_fill(last, n_items), ties.masked_fill(last, 0)
-        for k, v in per_user_metrics(higher, ties, ks).items():
-            per.setdefault(k, []).append(v)
+        for name, values in per_user_metrics(higher, ties, ks).items():
+            per.setdefault(name, []).append(values)
         v, i = top_k(best_v, best_i, COVERAGE_K)
         top.append(i.masked_fill(v == -torch.inf, -1).numpy())  # a masked item is no recommendation
     arrays = {k: np.concatenate(v) for k, v in per.items()}

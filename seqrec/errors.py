@@ -11,7 +11,7 @@ class SeqrecError(Exception):
 
 
 class DataContractError(SeqrecError):
-    """Input data broke a rule of the data contract (DESIGN.md section 3)."""
+    """Input data broke a rule of the data contract."""
 
     def __init__(
         self,

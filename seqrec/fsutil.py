@@ -1,4 +1,4 @@
-"""Atomic writes and content hashing: nothing half-written may ever be visible (DESIGN.md 8)."""
+"""Atomic writes and content hashing: nothing half-written may ever be visible."""
 
 from __future__ import annotations
 

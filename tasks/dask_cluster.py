@@ -53,7 +53,8 @@ def dask_client(cfg: DaskConfig, workdir: Path, worker_env: dict[str, str] | Non
             net["env"] = {**threads, **(worker_env or {})}
         with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker,
                           processes=cfg.processes, memory_limit=cfg.memory_limit, dashboard_address=None,
-                          local_directory=str(scratch), silence_logs=logging.WARNING, **net) as cluster, Client(cluster) as client:
+                          local_directory=str(scratch), silence_logs=logging.WARNING, **net) as cluster, \
+                Client(cluster) as client:
             yield client
 
 

@@ -1,4 +1,4 @@
-"""Per-view features (DESIGN.md section 5), computed from the data version and training events only.
+"""Per-view features, computed from the data version and training events only.
 
 No validation or test event reaches any feature: popularity, activity statistics and genre
 distributions use each user's first n_train events. Written atomically to
@@ -264,13 +264,25 @@ def transition_tables(train_items: list[np.ndarray], n_items: int, lags: int) ->
     return out
 
 
-def build_views(data_path: Path, vcfg: ViewsConfig, cache_dir: Path) -> Path:
-    """All three views, written atomically; reused when present."""
+VIEW_FUNCTIONS = {"item_view": item_view, "user_view": user_view, "sequence_view": sequence_view}
+
+
+def build_views(data_path: Path, vcfg: ViewsConfig, cache_dir: Path, compute=None, write=None,
+                refresh: bool = False) -> Path:
+    """The views stage: the three views (independent of each other), then one atomic write of the
+    views directory; an existing directory is reused unless `refresh`. `compute(calls)` runs the
+    [(view name, keyword arguments)] calls and returns their outputs in order (default: in turn, in
+    this process; the flow runs them as concurrent tasks); `write(outputs)` writes them (default
+    `write_views_dir`)."""
+    data_path = Path(data_path)
     out = views_path(data_path, vcfg)
-    if out.is_dir():
+    if out.is_dir() and not refresh:
         return out
-    return write_views_dir(data_path, vcfg, item_view(data_path, vcfg, cache_dir), user_view(data_path, vcfg),
-                           sequence_view(data_path, vcfg))
+    calls = [("item_view", {"data_path": data_path, "vcfg": vcfg, "cache_dir": cache_dir}),
+             ("user_view", {"data_path": data_path, "vcfg": vcfg}),
+             ("sequence_view", {"data_path": data_path, "vcfg": vcfg})]
+    outputs = compute(calls) if compute else [VIEW_FUNCTIONS[name](**kw) for name, kw in calls]
+    return Path(write(outputs)) if write else write_views_dir(data_path, vcfg, *outputs)
 
 
 def write_views_dir(data_path: Path, vcfg: ViewsConfig, it: dict, us: dict, sq: dict) -> Path:

@@ -1,4 +1,4 @@
-"""Preprocessing on Dask: raw files -> a content-addressed data version (DESIGN.md section 3).
+"""Preprocessing on Dask: raw files -> a content-addressed data version.
 
 Work is split into Dask futures so that every step is explicit and memory stays bounded:
   A. per input piece (parquet row group / CSV file): map + type columns, quarantine, row filters,

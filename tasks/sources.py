@@ -43,7 +43,7 @@ EVENT_FILE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv")
 
 
 class ColumnMap(BaseModel):
-    """Names of the contract's columns in the user's files (DESIGN.md section 3)."""
+    """Names of the contract's columns in the user's files."""
 
     model_config = ConfigDict(extra="forbid")
     user_id: str = "user_id"

@@ -81,24 +81,27 @@ def validate_processed_task(result: pre.PreprocessResult, vcfg: ValidationConfig
 
 # ---------------------------------------------------------------------------------------- views
 @task(name="item_view", cache_policy=NO_CACHE)
-def item_view_task(data_path: str, vcfg: ViewsConfig, cache_dir: Path) -> dict:
+def item_view_task(data_path: Path, vcfg: ViewsConfig, cache_dir: Path) -> dict:
     from tasks.features import item_view
 
     return item_view(Path(data_path), vcfg, cache_dir)
 
 
 @task(name="user_view", cache_policy=NO_CACHE)
-def user_view_task(data_path: str, vcfg: ViewsConfig) -> dict:
+def user_view_task(data_path: Path, vcfg: ViewsConfig) -> dict:
     from tasks.features import user_view
 
     return user_view(Path(data_path), vcfg)
 
 
 @task(name="sequence_view", cache_policy=NO_CACHE)
-def sequence_view_task(data_path: str, vcfg: ViewsConfig) -> dict:
+def sequence_view_task(data_path: Path, vcfg: ViewsConfig) -> dict:
     from tasks.features import sequence_view
 
     return sequence_view(Path(data_path), vcfg)
+
+
+VIEW_TASKS = {"item_view": item_view_task, "user_view": user_view_task, "sequence_view": sequence_view_task}
 
 
 def _features_key(_ctx, p: dict) -> str:

@@ -1,4 +1,4 @@
-"""MLflow tracking and registration (DESIGN.md section 6).
+"""MLflow tracking and registration.
 
 One MLflow run per training flow run: the flattened config as params, per-epoch metrics (step =
 epoch), final validation/test/auxiliary/baseline metrics, artifacts (config, data-quality report,
@@ -313,6 +313,10 @@ def _final_metrics(summary: dict) -> dict[str, float]:
     return out
 
 
+def _test_ndcg(summary: dict) -> float:
+    return (summary.get("metrics") or {}).get("test", {}).get("ndcg@10", float("nan"))
+
+
 def _log_batches(client, run_id: str, metrics=(), params=(), tags=()) -> None:
     metrics, params, tags = list(metrics), list(params), list(tags)
     for i in range(0, len(metrics), 900):
@@ -419,7 +423,7 @@ def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config:
                                          "prefect.flow_run_id": str(flow_run_id or ""),
                                          "weights.digest": weights,
                                          "data_version": summary.get("data_version") or "",
-                                         "test.ndcg_at_10": f"{(summary.get('metrics') or {}).get('test', {}).get('ndcg@10', float('nan')):.5f}"})
+                                         "test.ndcg_at_10": f"{_test_ndcg(summary):.5f}"})
         client.set_registered_model_alias(cfg.model_name, "challenger", mv.version)
     except BaseException:
         client.set_terminated(rid, "FAILED")

@@ -18,7 +18,8 @@ class ValidationConfig(BaseModel):
     value_min: float = -1e6
     value_max: float = 1e6
     max_future_skew_s: int = Field(86_400, description="tolerated clock skew past 'now'")
-    unknown_item_tolerance: float = Field(0.0, ge=0.0, le=1.0, description="fraction of events whose item is not in the items table")
+    unknown_item_tolerance: float = Field(0.0, ge=0.0, le=1.0,
+                                          description="fraction of events whose item is not in the items table")
     unknown_user_tolerance: float = Field(0.0, ge=0.0, le=1.0)
     numeric_abs_max: float = Field(1e9, description="profile/attribute numerics must be finite and within +-this")
     min_eval_users: int = Field(2, ge=1, description="users with a test event, and users with a validation event, "

@@ -1,4 +1,4 @@
-"""The data contract (DESIGN.md section 3): column mapping and typing with errors that name the file,
+"""The data contract: column mapping and typing with errors that name the file,
 the column and the rule. No torch, no Prefect."""
 
 from __future__ import annotations

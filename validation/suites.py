@@ -12,10 +12,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from seqrec.errors import DataContractError
 from seqrec.splits import TEST, VALID, Cutoffs, split_codes
@@ -209,7 +212,7 @@ def sequence_rules(n_items: int, n_event_types: int, min_eval_users: int = 2) ->
     ]
 
 
-def sequence_checks(part: "pyarrow.Table", cuts: Cutoffs | None = None) -> pd.DataFrame:  # noqa: F821
+def sequence_checks(part: "pa.Table", cuts: Cutoffs | None = None) -> pd.DataFrame:
     """Per-user scalar invariants of one part of sequences.parquet (vectorised over the flattened
     lists: a part holds millions of events). `eval_users` is filled in once all parts are merged."""
     import pyarrow.compute as pc
@@ -331,7 +334,8 @@ def outcomes_from_gx(result, rules: list[Rule], rows: int, file: str | None) -> 
     for rule, r in zip(rules, result.results):
         res = r.result or {}
         unexpected = int(res.get("unexpected_count") or 0)
-        outs.append(ExpectationOutcome(rule, element_count=int(res.get("element_count", rows) if rule.kind != "rows_at_least" else rows),
+        count = res.get("element_count", rows) if rule.kind != "rows_at_least" else rows
+        outs.append(ExpectationOutcome(rule, element_count=int(count),
                                        unexpected_count=unexpected,
                                        sample=list(res.get("partial_unexpected_list") or [])[:5],
                                        file=file if unexpected or (rule.kind == "rows_at_least" and rows == 0) else None))
