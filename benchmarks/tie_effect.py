@@ -57,7 +57,7 @@ def main() -> None:
                 if model is None:
                     seq = ev["seq"][idx]
                     h = net.last_state(seq, ev["etype"][idx], ev["gap"][idx], ev["user"][idx], table)
-                    rows = net.rank_scores(h, seq, table).float()
+                    rows = net.rank(h, seq, table)(0, net.n_items).float()
                 else:
                     rows = model.score([ev["history"][i] for i in idx]).float()
             a, b = _both(rows, ev, exclude, idx)

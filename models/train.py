@@ -295,7 +295,7 @@ def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_si
         if net.attr_head is not None:
             attr_scores.append(torch.sigmoid(net.attr_head(h)).float().cpu().numpy())
         # one chunk = the whole catalogue: h @ table.T exactly as before chunking
-        rank = net.ranker(h, seq, table)
+        rank = net.rank(h, seq, table)
         return lambda a, b: rank(a, b).float()
 
     # a diverged or collapsed network is an error here, before anything can register it

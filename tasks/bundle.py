@@ -244,7 +244,7 @@ class Scorer:
             prefix = (pre["pre_n"], pre["pre_attr"])
         h = self.net.last_state(seq, self._pad(enc.etypes), self._pad(enc.gaps),
                                 torch.as_tensor(enc.users, device=self.device), self.table, prefix)
-        s = self.net.rank_scores(h, seq, self.table).float().cpu()
+        s = self.net.rank(h, seq, self.table)(0, self.net.n_items).float().cpu()
         s[:, :ITEM_FIRST] = -torch.inf
         return s
 

@@ -1,5 +1,6 @@
-"""The learned repeat bias (model.repeat_bias): which (position, item) pairs get it, that every
-scoring path adds the same offsets, and that it learns the sign the training targets ask for."""
+"""The learned repeat bias (model.repeat_bias, models/repeat_bias.py): which (position, item) pairs
+get it, how its offsets are numbered, added and looked up, that every scoring path of the network adds
+the same offsets, and that it learns the sign the training targets ask for."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from models.net import ModelConfig, SeqRecNet, _sampled_softmax, history_pairs, recency_buckets
+from models.net import ModelConfig, SeqRecNet, _sampled_softmax
+from models.repeat_bias import (add_offsets, history_pairs, recency_buckets, repeat_offsets,
+                                sampled_offsets)
 
 N_ITEMS = 30
 
@@ -54,6 +57,57 @@ def test_history_pairs_match_brute_force():
     assert last == {k: v for k, v in ref.items() if k[1] == 11}
 
 
+def _dense(seq: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(B, L, N_ITEMS) bias per position and item, from the brute-force pairs."""
+    out = torch.zeros(*seq.shape, N_ITEMS)
+    for (b, l, i), k in _reference_pairs(seq.numpy()).items():
+        out[b, l, i] = bias[k]
+    return out
+
+
+def test_offsets_number_rows_as_the_scored_states():
+    """Training: one row per trained position, in h[valid] order; ranking: one row per batch row, after
+    its last position. Each (row, item) once; nothing when the bias is off."""
+    seq = _random_windows(np.random.default_rng(5), 10, 12)
+    valid = torch.as_tensor(np.random.default_rng(6).random(seq.shape) < 0.6) & (seq > 0)
+    bias = torch.linspace(-1.0, 2.0, recency_buckets(12))
+    dense = _dense(seq, bias)
+    r, item, vals = repeat_offsets(bias, seq, valid)
+    assert len(set(zip(r.tolist(), item.tolist()))) == len(r)
+    got = torch.zeros(int(valid.sum()), N_ITEMS).index_put_((r, item), vals, accumulate=True)
+    assert torch.equal(got, dense[valid])
+    r, item, vals = repeat_offsets(bias, seq)
+    got = torch.zeros(len(seq), N_ITEMS).index_put_((r, item), vals, accumulate=True)
+    assert torch.equal(got, dense[:, -1])
+    assert repeat_offsets(None, seq, valid) is None and repeat_offsets(None, seq) is None
+
+
+def test_offsets_are_added_per_item_range_and_looked_up_per_sample():
+    seq = _random_windows(np.random.default_rng(7), 6, 12)
+    bias = torch.linspace(-1.0, 2.0, recency_buckets(12))
+    offsets = repeat_offsets(bias, seq)
+    dense = _dense(seq, bias)[:, -1]
+    s = torch.randn(len(seq), N_ITEMS)
+    assert torch.equal(add_offsets(s, offsets), s + dense)
+    for lo, hi in ((0, 5), (5, 17), (17, N_ITEMS)):
+        assert torch.allclose(add_offsets(s[:, lo:hi], offsets, lo, hi), (s + dense)[:, lo:hi])
+    before = s.clone()
+    add_offsets(s, offsets)
+    assert torch.equal(s, before), "not in place unless asked"
+    add_offsets(s, offsets, in_place=True)
+    assert torch.allclose(s, before + dense) and not torch.equal(s, before)
+    # a sampled step: each row's target and the shared negatives, without the dense matrix
+    target = torch.as_tensor(np.random.default_rng(8).integers(2, N_ITEMS, len(seq)))
+    neg = torch.tensor([2, 3, 4, 5, 6, 7, 8, 9, 29, 3])
+    at_target, at_neg = sampled_offsets(offsets, target, neg, N_ITEMS)
+    assert torch.equal(at_target, dense.gather(1, target[:, None]).squeeze(1))
+    assert torch.equal(at_neg, dense[:, neg])
+    assert bool((at_neg != 0).any()), "the windows repeat the negatives' items"
+    assert sampled_offsets(None, target, neg, N_ITEMS) is None
+    none = tuple(torch.zeros(0, dtype=t.dtype) for t in offsets)
+    assert torch.equal(sampled_offsets(none, target, neg, N_ITEMS)[1], torch.zeros(len(seq), len(neg)))
+
+
 def _net(**kw) -> SeqRecNet:
     torch.manual_seed(0)
     cfg = ModelConfig(dim=16, max_len=12, item_view=False, user_view=False, attr_task=False, engage_task=False,
@@ -75,10 +129,7 @@ def _batch(seq: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _dense_bias(net: SeqRecNet, seq: torch.Tensor) -> torch.Tensor:
     """(B, L, n_items) from the brute-force pairs."""
-    out = torch.zeros(*seq.shape, N_ITEMS)
-    for (b, l, i), k in _reference_pairs(seq.numpy()).items():
-        out[b, l, i] = net.repeat_bias[k]
-    return out
+    return _dense(seq, net.repeat_bias.detach())
 
 
 def test_every_scoring_path_adds_the_same_repeat_bias():
@@ -96,9 +147,10 @@ def test_every_scoring_path_adds_the_same_repeat_bias():
         assert torch.allclose(net.loss(batch)["next"], F.cross_entropy(logits, batch["target"][valid]), atol=1e-6)
         # ranking after the last position (evaluation, serving, A/B), whole and in item chunks
         ref = h[:, -1] @ table.T + dense[:, -1]
-        assert torch.allclose(net.rank_scores(h[:, -1], seq, table), ref, atol=1e-6)
+        rank = net.rank(h[:, -1], seq, table)
+        assert torch.allclose(rank(0, N_ITEMS), ref, atol=1e-6)
         for lo, hi in ((0, 7), (7, 20), (20, N_ITEMS)):
-            assert torch.allclose(net.rank_scores(h[:, -1], seq, table, lo, hi), ref[:, lo:hi], atol=1e-6)
+            assert torch.allclose(rank(lo, hi), ref[:, lo:hi], atol=1e-6)
         # sampled softmax: the same negatives, the bias looked up per (row, item)
         net = _net(next_loss="sampled", n_negatives=9)
         log_q = torch.log_softmax(torch.randn(N_ITEMS), 0)
@@ -141,28 +193,3 @@ def test_repeat_bias_learns_what_the_targets_do(repeat_k):
         assert (b < -0.5).all(), b
     else:
         assert b[_bucket(repeat_k)] > 0.5 and b[_bucket(repeat_k)] == b.max(), b
-
-
-def test_mixture_of_softmaxes_scores_are_its_log_probabilities():
-    """With model.mixtures > 1, training NLL and ranking scores come from one distribution:
-    log sum_k pi_k softmax_k (repeat bias inside each component), in chunks or whole."""
-    seq = _random_windows(np.random.default_rng(4), 16, 12)
-    batch = _batch(seq)
-    valid = batch["target"] > 0
-    net = _net(next_loss="full", mixtures=3)
-    with torch.no_grad():
-        dense = _dense_bias(net, seq)
-        table = net.items.table()
-        h = net.encode(seq, batch["etype"], batch["gap"], batch["user"], table)
-        comps, log_prior = net._mixture(h)  # (B, L, K, d), (B, L, K)
-        z = torch.einsum("blkd,nd->blkn", comps, table) + dense.unsqueeze(2)
-        z[..., :2] = -torch.inf
-        log_p = torch.logsumexp(torch.log_softmax(z, -1) + log_prior.unsqueeze(-1), 2)  # (B, L, N)
-        assert torch.allclose(log_p[..., 2:].exp().sum(-1), torch.ones(seq.shape), atol=1e-5)
-        nll = -log_p[valid].gather(1, batch["target"][valid][:, None]).mean()
-        assert torch.allclose(net.loss(batch)["next"], nll, atol=1e-5)
-        rank = net.ranker(h[:, -1], seq, table)
-        assert torch.allclose(rank(2, N_ITEMS), log_p[:, -1, 2:], atol=1e-5)
-        assert torch.allclose(torch.cat([rank(0, 9), rank(9, N_ITEMS)], 1)[:, 2:], log_p[:, -1, 2:], atol=1e-5)
-    with pytest.raises(ValueError, match="mixtures=3 needs the full softmax"):
-        _net(next_loss="sampled", mixtures=3)

@@ -1,6 +1,7 @@
-"""The transition mixture (model.transition_lags): the tables count training pairs per lag, and every
-path (full-softmax training with leave-one-out, sampled-softmax training, ranking in item chunks)
-computes the same mixture as a dense reference written out by hand here."""
+"""The transition mixture (model.transition_lags, models/transitions.py): the tables count training
+pairs per lag, the module's pairs and weights match a brute force, and every path of the network
+(full-softmax training with leave-one-out, sampled-softmax training, ranking in item chunks) computes
+the same mixture as a dense reference written out by hand here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.net import ModelConfig, SeqRecNet, TransitionTables, _sampled_softmax
+from models.net import ModelConfig, SeqRecNet, TransitionTables, _catalogue_logits, _sampled_softmax
+from models.repeat_bias import add_offsets, repeat_offsets
+from models.transitions import checked_tables, transition_log_weights, transition_pairs
 from tasks.features import transition_tables
 
 N_ITEMS = 14
@@ -113,7 +116,7 @@ def test_every_path_computes_the_same_mixture(lags):
         table = net.items.table()
         h = net.encode(seq, batch["etype"], batch["gap"], batch["user"], table)
         # full softmax training: leave-one-out counts
-        logits = net._full_logits(h[valid], table, net.offsets(seq, valid))
+        logits = _catalogue_logits(h[valid], table, repeat_offsets(net.repeat_bias, seq, valid))
         ref = _dense_mixture(net, h[valid], torch.log_softmax(logits, 1),
                              _dense_lag_dists(seqs, lags, train_ctx, tv.tolist()))
         expect = -ref.gather(1, tv[:, None]).mean()
@@ -122,13 +125,14 @@ def test_every_path_computes_the_same_mixture(lags):
         last = h[:, -1]
         logits = last @ table.T
         logits[:, :2] = -1e9
-        logits = net._add_offsets(logits, net.offsets(seq))
+        logits = add_offsets(logits, repeat_offsets(net.repeat_bias, seq))
         ctx = [[int(seq[r, L - 1 - d]) for d in range(lags)] for r in range(len(seq))]
         ref = _dense_mixture(net, last, torch.log_softmax(logits, 1), _dense_lag_dists(seqs, lags, ctx, None))
-        got = net.rank_scores(last, seq, table)
+        rank = net.rank(last, seq, table)
+        got = rank(0, N_ITEMS)
         assert torch.allclose(got[:, 2:], ref[:, 2:], atol=1e-5)
         for lo, hi in ((0, 5), (5, 9), (9, N_ITEMS)):
-            assert torch.allclose(net.rank_scores(last, seq, table, lo, hi)[:, max(lo, 2) - lo:],
+            assert torch.allclose(rank(lo, hi)[:, max(lo, 2) - lo:],
                                   got[:, max(lo, 2):hi], atol=1e-6)
         # sampled softmax training: the network's sampled log p(target) in the same leave-one-out mixture
         net = _net(lags, tables, next_loss="sampled", n_negatives=7)
@@ -140,7 +144,7 @@ def test_every_path_computes_the_same_mixture(lags):
         table = net.items.table()
         h = net.encode(seq, batch["etype"], batch["gap"], batch["user"], table)
         dense = torch.zeros(int(valid.sum()), N_ITEMS)
-        r, i, v = net.offsets(seq, valid)
+        r, i, v = repeat_offsets(net.repeat_bias, seq, valid)
         dense.index_put_((r, i), v, accumulate=True)
         log_p_t = -_sampled_softmax(h[valid], tv, neg, table[tv], table[neg], log_q,
                                     (dense.gather(1, tv[:, None]).squeeze(1), dense[:, neg]), reduction="none")
@@ -151,7 +155,44 @@ def test_every_path_computes_the_same_mixture(lags):
         assert torch.allclose(fast, -ref.gather(1, tv[:, None]).mean(), atol=1e-5)
 
 
+@pytest.mark.parametrize("loo", [False, True])
+def test_pairs_are_each_context_items_successors(loo):
+    """transition_pairs against the brute force: per position and lag, the successors of the item
+    d events back with c / n, and n; leave-one-out takes the position's own transition out."""
+    seqs = _sequences(1)
+    tables = _tables(seqs, 3)
+    batch = _batch(seqs)
+    seq, valid = batch["seq"], batch["target"] > 0
+    pos = valid.flatten().nonzero().squeeze(1)
+    tv = batch["target"][valid]
+    pairs = transition_pairs(tables, 2, seq, pos, tv if loo else None)  # the tables may have more lags
+    b, l = pos // L, pos % L
+    ctx = [[int(seq[bi, li - d]) if li - d >= 0 else 0 for d in range(2)] for bi, li in zip(b, l)]
+    ref = _dense_lag_dists(seqs, 2, ctx, tv.tolist() if loo else None)
+    assert pairs.n_ctx.shape == (len(pos), 2)
+    for r, row in enumerate(ref):
+        for d, (n, dist) in enumerate(row):
+            assert pairs.n_ctx[r, d] == max(n, 0)
+            sel = (pairs.rows == r) & (pairs.lag == d)
+            got = dict(zip(pairs.item[sel].tolist(), pairs.p[sel].tolist()))
+            assert got.keys() == dist.keys() and all(abs(got[j] - dist[j]) < 1e-6 for j in dist)
+
+
+def test_mixture_weights_come_from_the_gate_and_the_counts():
+    g = torch.tensor([[0.5, 0.1, -0.2], [1.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    n_ctx = torch.tensor([[4.0, 1.0], [0.0, 9.0], [0.0, 0.0]])
+    count_w = torch.tensor([0.3, -0.5])
+    logw = transition_log_weights(g, count_w, n_ctx)
+    for r in range(3):
+        logits = [g[r, 0]] + [g[r, 1 + d] + count_w[d] * np.log(max(float(n_ctx[r, d]), 1.0))
+                              if n_ctx[r, d] > 0 else torch.tensor(-np.inf) for d in range(2)]
+        assert torch.allclose(logw[r].exp(), torch.softmax(torch.stack(logits).float(), 0), atol=1e-6)
+    assert logw[1, 1] == -np.inf and logw[2, 0] == 0.0, "no successors: the network alone"
+
+
 def test_a_transition_mixture_needs_tables_with_enough_lags():
+    tables = _tables(_sequences(), 1)
+    assert checked_tables(tables, 0) is None and checked_tables(tables, 1) is tables
     tables = _tables(_sequences(), 1)
     with pytest.raises(ValueError, match="transition_lags=2 needs transition tables of that many lags, the views have 1"):
         _net(2, tables)
