@@ -11,7 +11,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ from models.data import Sequences, eval_inputs, eval_slice, training_windows
 from models.distributed import SINGLE, DistContext
 from models.metrics import (DEFAULT_ITEM_CHUNK, ChunkScores, binary_metrics, by_user, f1_threshold, rank_users,
                             summarise)
-from models.net import SeqRecNet
+from models.net import ModelConfig, SeqRecNet
 from seqrec.errors import SeqrecError
-from seqrec.fsutil import flatten
+from seqrec.fsutil import flatten, stable_hash
 
 
 class TrainingDivergedError(SeqrecError):
@@ -107,13 +107,36 @@ def save_checkpoint(path: Path, state: dict) -> None:
 RESUMABLE_CHANGES = {"progress", "processes", "threads", "device", "max_seconds"}
 
 
+class TrainJob(BaseModel):
+    """One training job, by what it computes: the data it trains on, the model, the training
+    settings, the seed and the model-selection protocol. Its `key` names the job's checkpoint
+    directory and its `identity` is stored in every checkpoint, so a re-run after a crash finds and
+    resumes the job, and another job's checkpoint is refused. How a job runs (RESUMABLE_CHANGES:
+    processes, threads, device, time limit, progress bar) is not part of it and may change between
+    the kill and the resume (a rank the checkpoint has no RNG stream for starts a fresh one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: str = Field("", description="the data version and views trained on (their content-hash names)")
+    model: ModelConfig
+    train: TrainConfig
+    seed: int = 0
+    exclude_seen: bool = True
+
+    def identity(self) -> dict:
+        return {"data": self.data, "model": self.model.model_dump(), "seed": self.seed,
+                "exclude_seen": self.exclude_seen, "train": self.train.model_dump(exclude=RESUMABLE_CHANGES)}
+
+    def key(self) -> str:
+        return stable_hash(self.identity(), n=16)
+
+
 class Trainer:
     """The training loop for one process or for each of `dist.world_size` DDP processes (the
     process group must be started, see models/distributed.py; rank 0 logs and writes files)."""
 
     def __init__(self, net: SeqRecNet, seqs: Sequences, cfg: TrainConfig, seed: int, ckpt_dir: Path | None,
                  log=print, exclude_seen: bool = True, dist: DistContext = SINGLE,
-                 item_chunk: int = DEFAULT_ITEM_CHUNK) -> None:
+                 item_chunk: int = DEFAULT_ITEM_CHUNK, data: str = "") -> None:
         self.net, self.seqs, self.cfg, self.seed, self.dist = net, seqs, cfg, seed, dist
         self.log = log if dist.is_main else (lambda msg: None)
         self.exclude_seen = exclude_seen  # model selection uses the same protocol as the final evaluation
@@ -135,19 +158,18 @@ class Trainer:
         self.best_state: dict | None = None
         self.start_epoch = 0
         self.train_seconds = 0.0
-        # what makes a checkpoint this job's: resuming another job's state (an explicit --ckpt-dir
-        # shared by two configs) would silently continue a different run. How it runs (processes,
-        # threads, device, time limit, progress bar) may change between the kill and the resume.
-        self.job = json.dumps({"model": net.cfg.model_dump(), "seed": seed, "exclude_seen": exclude_seen,
-                               "train": cfg.model_dump(exclude=RESUMABLE_CHANGES)}, sort_keys=True)
+        # resuming another job's state (an explicit --ckpt-dir shared by two configs) would silently
+        # continue a different run
+        self.job = json.dumps(TrainJob(data=data, model=net.cfg, train=cfg, seed=seed,
+                                       exclude_seen=exclude_seen).identity(), sort_keys=True)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch: int, rank_rng: list[torch.Tensor]) -> dict:
+        np_state: tuple = np.random.get_state()  # type: ignore[assignment]  # legacy=True: a tuple
         state = {"epoch": epoch, "model": self.net.state_dict(), "opt": self.opt.state_dict(),
                  "history": self.history, "best": self.best, "best_state": self.best_state,
                  "train_seconds": self.train_seconds, "torch_rng": rank_rng[0],
-                 "np_rng": np.random.get_state()[1].tolist(), "np_pos": int(np.random.get_state()[2]),
-                 "job": self.job}
+                 "np_rng": np_state[1].tolist(), "np_pos": int(np_state[2]), "job": self.job}
         if self.dist.active:
             state["torch_rng_ranks"] = rank_rng
         return state
@@ -223,7 +245,7 @@ class Trainer:
             self.train_seconds = ddp.broadcast(self.train_seconds + time.perf_counter() - t0, self.dist)
             sums = ddp.mean_over_ranks(sums, self.dist)
             val = self.evaluate(self.valid, self.exclude_seen)[0] if (epoch + 1) % cfg.eval_every == 0 else {}
-            rec = {"epoch": epoch, "elapsed_s": round(self.train_seconds, 3),
+            rec: dict[str, Any] = {"epoch": epoch, "elapsed_s": round(self.train_seconds, 3),
                    "loss": {k: v / self.steps_per_epoch for k, v in sums.items()}, "validation": val}
             self.history.append(rec)
             if val and val["ndcg@10"] > self.best["ndcg@10"]:
@@ -315,6 +337,7 @@ def evaluate_model(net: SeqRecNet, ev: dict, exclude_seen: bool = True, batch_si
     if engage_scores:
         heads["engage"] = (ev["engage"], np.concatenate(engage_scores))
     if attr_scores:  # micro-averaged over (user, attribute) pairs: the next item's genres
+        assert net.attr_target is not None  # attribute scores exist only with the attribute head
         heads["attr"] = (net.attr_target[torch.as_tensor(ev["target"])].numpy().ravel(),
                          np.concatenate(attr_scores).ravel())
     for head, (truth, scores) in heads.items():

@@ -24,24 +24,24 @@ import torch
 
 from models.data import history_prefixes, left_pad
 from models.net import ItemTables, ModelConfig, SeqRecNet, TransitionTables, UserTables
+from seqrec.catalog import VIEW_FILES, DataVersion, Views
 from seqrec.encoding import ITEM_FIRST, ITEM_UNKNOWN, USER_UNKNOWN, gap_buckets_of
 from seqrec.errors import SeqrecError
 
 BUNDLE_FORMAT = 1
-VIEW_FILES = ("views.json", "item_arrays.npz", "user_arrays.npz", "item_text.npy", "transitions.npz")
 
 
 def load_net(views: Path, mcfg: ModelConfig, n_items: int, n_users: int) -> SeqRecNet:
-    """The network with its item/user view tables, from a views directory (see tasks/features.py)."""
-    views = Path(views)
-    vm = json.loads((views / "views.json").read_text())
-    ia = np.load(views / "item_arrays.npz")
-    ua = np.load(views / "user_arrays.npz")
+    """The network with its item/user view tables, from a views directory (seqrec.catalog.Views)."""
+    v = Views(views)
+    vm = v.meta
+    ia = v.item_arrays()
+    ua = v.user_arrays()
     t = torch.as_tensor
     items = ItemTables(cat=t(ia["cat"]), cat_sizes=vm["item"]["cat_sizes"], multi=t(ia["multi"]),
                        multi_size=vm["item"]["multi_size"], num=t(ia["num"]), num_size=vm["item"]["num_size"],
                        pop=t(ia["pop"]), pop_size=vm["item"]["pop_size"],
-                       text=t(np.load(views / "item_text.npy")), attr_target=t(ia["attr_target"]))
+                       text=t(v.item_text()), attr_target=t(ia["attr_target"]))
     users = UserTables(cat=t(ua["cat"]), cat_sizes=vm["user"]["cat_sizes"], num=t(ua["num"]),
                        num_size=vm["user"]["num_size"], dense=t(ua["dense"]))
     return SeqRecNet(mcfg, n_items, vm["sequence"]["n_event_types"], vm["sequence"]["n_gap_buckets"], items, users,
@@ -51,10 +51,9 @@ def load_net(views: Path, mcfg: ModelConfig, n_items: int, n_users: int) -> SeqR
 def load_transitions(views: Path) -> TransitionTables | None:
     """The views' transition tables (None in views written before them: such bundles were trained
     without the transition prior, PRE_EXISTING_DEFAULTS)."""
-    path = Path(views) / "transitions.npz"
-    if not path.is_file():
+    z = Views(views).transitions()
+    if z is None:
         return None
-    z = np.load(path)
     lags = sorted(int(k[3:].split("_")[0]) for k in z.files if k.endswith("_indptr"))
     if not lags:
         return None
@@ -76,10 +75,7 @@ PRE_EXISTING_DEFAULTS = {"repeat_bias": False, "transition_lags": 0, "user_histo
 def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, weights: Path,
                  exclude_seen: bool) -> Path:
     """Write the bundle directory `out` (must not exist) from a data version, its views and weights."""
-    import pyarrow.parquet as pq
-
-    data_path, views, out = Path(data_path), Path(views), Path(out)
-    meta = json.loads((data_path / "meta.json").read_text())
+    dv, views, out = DataVersion(data_path), Path(views), Path(out)
     out.mkdir(parents=True)
     (out / "views").mkdir()
     for name in VIEW_FILES:
@@ -87,9 +83,8 @@ def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, wei
     shutil.copy2(weights, out / "weights.pt")
     (out / "model_config.json").write_text(mcfg.model_dump_json(indent=2))
     for name in ("items.parquet", "users.parquet"):
-        shutil.copy2(data_path / "vocab" / name, out / name)
-    seq = pq.read_table(data_path / "sequences.parquet", columns=["user_id", "user_idx", "items", "event_types",
-                                                                 "gap_buckets", "timestamps", "n_train"]).to_pandas()
+        shutil.copy2(dv.vocab_dir / name, out / name)
+    seq = dv.sequences(["user_id", "user_idx", "items", "event_types", "gap_buckets", "timestamps", "n_train"])
     seq["last_timestamp"] = [int(t[-1]) for t in seq["timestamps"]]
     # what the model learned from, per user: the A/B refuses to judge it on those events later
     seq["train_last_timestamp"] = [int(t[n - 1]) if n else -1 for t, n in zip(seq["timestamps"], seq["n_train"])]
@@ -99,9 +94,9 @@ def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, wei
     gaps = np.concatenate(list(seq["gap_buckets"])) if len(seq) else np.zeros(0, np.int64)
     gaps = gaps[gaps > 1]
     info = {
-        "format": BUNDLE_FORMAT, "created": time.time(), "data_version": meta["data_version"],
-        "n_items": meta["counts"]["items"] + ITEM_FIRST, "n_users": meta["counts"]["users"] + 1,
-        "event_types": meta["event_types"], "gap_bucket_edges_s": meta["preprocess"]["gap_bucket_edges_s"],
+        "format": BUNDLE_FORMAT, "created": time.time(), "data_version": dv.version,
+        "n_items": dv.n_items, "n_users": dv.n_users,
+        "event_types": dv.event_types, "gap_bucket_edges_s": dv.gap_bucket_edges_s,
         # used when a request gives item ids only (no event types / timestamps): the most common ones
         "default_event_type": int(np.bincount(etypes).argmax()) if len(etypes) else 1,
         "default_gap_bucket": int(np.bincount(gaps).argmax()) if len(gaps) else 2,
