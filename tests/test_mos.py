@@ -12,6 +12,7 @@ from torch import nn
 from models.mos import chunked_logsumexp, mos_components, mos_ranker, mos_target_log_prob
 from models.net import ModelConfig, SeqRecNet
 from models.repeat_bias import repeat_offsets
+from tests.windows import random_windows
 
 N_ITEMS = 30
 FIRST = 2  # items 0 (padding) and 1 (unknown) are never predicted
@@ -70,18 +71,10 @@ def test_chunked_logsumexp_is_the_whole_normaliser(chunk):
     assert torch.allclose(got, torch.logsumexp(z[:, FIRST:], 1), atol=1e-5)
 
 
-def _random_windows(rng: np.random.Generator, B: int, L: int) -> torch.Tensor:
-    seq = np.zeros((B, L), np.int64)
-    for b in range(B):
-        n = rng.integers(1, L + 1)
-        seq[b, L - n:] = rng.integers(2, 9, n)  # few distinct items: many repeats
-    return torch.as_tensor(seq)
-
-
 def test_network_scores_are_its_log_probabilities():
     """With model.mixtures > 1, the network's training NLL and ranking scores come from one
     distribution: log sum_k pi_k softmax_k (repeat bias inside each component), in chunks or whole."""
-    seq = _random_windows(np.random.default_rng(4), 16, 12)
+    seq = random_windows(np.random.default_rng(4), 16, 12)
     target = torch.roll(seq, -1, 1)
     target[:, -1] = 5
     target[seq == 0] = 0

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from models.net import ModelConfig, SeqRecNet, _sampled_softmax
 from models.repeat_bias import (add_offsets, history_pairs, recency_buckets, repeat_offsets,
                                 sampled_offsets)
+from tests.windows import random_windows
 
 N_ITEMS = 30
 
@@ -31,14 +32,6 @@ def _reference_pairs(seq: np.ndarray) -> dict[tuple[int, int, int], int]:
     return out
 
 
-def _random_windows(rng: np.random.Generator, B: int, L: int) -> torch.Tensor:
-    seq = np.zeros((B, L), np.int64)
-    for b in range(B):
-        n = rng.integers(1, L + 1)
-        seq[b, L - n:] = rng.integers(2, 9, n)  # few distinct items: many repeats
-    return torch.as_tensor(seq)
-
-
 def test_recency_buckets():
     assert recency_buckets(50) == 7  # 0 | 1 | 2-3 | 4-7 | 8-15 | 16-31 | 32-49
     assert [_bucket(k) for k in (0, 1, 2, 3, 4, 7, 8, 49)] == [0, 1, 2, 2, 3, 3, 4, 6]
@@ -46,7 +39,7 @@ def test_recency_buckets():
 
 def test_history_pairs_match_brute_force():
     rng = np.random.default_rng(0)
-    seq = _random_windows(rng, 40, 12)
+    seq = random_windows(rng, 40, 12)
     ref = _reference_pairs(seq.numpy())
     pos, item, bucket = history_pairs(seq)
     got = {(int(p) // 12, int(p) % 12, int(i)): int(k) for p, i, k in zip(pos, item, bucket)}
@@ -68,7 +61,7 @@ def _dense(seq: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 def test_offsets_number_rows_as_the_scored_states():
     """Training: one row per trained position, in h[valid] order; ranking: one row per batch row, after
     its last position. Each (row, item) once; nothing when the bias is off."""
-    seq = _random_windows(np.random.default_rng(5), 10, 12)
+    seq = random_windows(np.random.default_rng(5), 10, 12)
     valid = torch.as_tensor(np.random.default_rng(6).random(seq.shape) < 0.6) & (seq > 0)
     bias = torch.linspace(-1.0, 2.0, recency_buckets(12))
     dense = _dense(seq, bias)
@@ -83,7 +76,7 @@ def test_offsets_number_rows_as_the_scored_states():
 
 
 def test_offsets_are_added_per_item_range_and_looked_up_per_sample():
-    seq = _random_windows(np.random.default_rng(7), 6, 12)
+    seq = random_windows(np.random.default_rng(7), 6, 12)
     bias = torch.linspace(-1.0, 2.0, recency_buckets(12))
     offsets = repeat_offsets(bias, seq)
     dense = _dense(seq, bias)[:, -1]
@@ -133,7 +126,7 @@ def _dense_bias(net: SeqRecNet, seq: torch.Tensor) -> torch.Tensor:
 
 
 def test_every_scoring_path_adds_the_same_repeat_bias():
-    seq = _random_windows(np.random.default_rng(1), 16, 12)
+    seq = random_windows(np.random.default_rng(1), 16, 12)
     batch = _batch(seq)
     valid = batch["target"] > 0
     with torch.no_grad():
