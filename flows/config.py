@@ -7,15 +7,13 @@ checks every path a configuration names before a run writes anything (rules: seq
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from seqrec.configtree import load_tree
+from seqrec.configtree import load_tree, validate_tree
 from seqrec.errors import ConfigError
-from seqrec.fsutil import flatten
 from seqrec.paths import PathsConfig, check_workdir, file_uri_path, input_path, output_path, resolve
 from seqrec.servers import ServerConfig
 from models.net import ModelConfig
@@ -67,16 +65,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate_config(tree: dict[str, Any], source: str = "config") -> PipelineConfig:
-    try:
-        cfg = PipelineConfig.model_validate(tree)
-    except ValidationError as e:
-        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(f"invalid configuration ({source}): " + "; ".join(lines)) from None
-    # pydantic accepts nan/inf for floats; no setting of this pipeline means anything with them
-    bad = [k for k, v in flatten(cfg).items() if isinstance(v, float) and not math.isfinite(v)]
-    if bad:
-        raise ConfigError(f"invalid configuration ({source}): {', '.join(bad)}: must be a finite number (got nan/inf)")
-    return cfg
+    return validate_tree(PipelineConfig, tree, source)
 
 
 def check_paths(config: PipelineConfig, workdir: str | Path) -> PipelineConfig:

@@ -19,7 +19,6 @@ come from `seqrec.encoding` (items from ITEM_FIRST, users from 1).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,11 @@ from seqrec.encoding import ITEM_FIRST, USER_UNKNOWN
 USER_FIRST = USER_UNKNOWN + 1
 
 
-@dataclass(frozen=True)
 class DataVersion:
     """A data version directory (or its staging directory, before the gate moves it into place)."""
 
-    path: Path
-
     def __init__(self, path: Path | str) -> None:
-        object.__setattr__(self, "path", Path(path))
+        self.path = Path(path)
 
     # ------------------------------------------------------------------ layout
     @property
@@ -156,7 +152,6 @@ class DataVersion:
 VIEW_FILES = ("views.json", "item_arrays.npz", "user_arrays.npz", "item_text.npy", "transitions.npz")
 
 
-@dataclass(frozen=True)
 class Views:
     """A views directory (`tasks.features` writes it; training and model bundles read it):
 
@@ -169,10 +164,8 @@ class Views:
         item_attributes.parquet, user_profile.parquet  the same tables in a readable form
     """
 
-    path: Path
-
     def __init__(self, path: Path | str) -> None:
-        object.__setattr__(self, "path", Path(path))
+        self.path = Path(path)
 
     def exists(self) -> bool:
         return self.path.is_dir()

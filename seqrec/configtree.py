@@ -1,15 +1,20 @@
 """Configuration trees: a YAML (or JSON) file, then `dotted.key=value` overrides whose values are
-parsed as YAML scalars or lists. Validation against a pydantic model is the caller's
+parsed as YAML scalars or lists, validated against a pydantic model with one readable error
 (`flows.config.load_config` for the pipeline, `tasks.train.main` for a training worker)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from seqrec.errors import ConfigError
+from seqrec.fsutil import flatten
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -49,3 +54,17 @@ def load_tree(path: str | Path | None = None, overrides: list[str] | None = None
     for item in overrides or []:
         set_dotted(tree, *parse_override(item))
     return tree
+
+
+def validate_tree(model: type[M], tree: dict[str, Any], source: str = "config") -> M:
+    """`tree` as a `model`; every problem named by its dotted key in one ConfigError."""
+    try:
+        cfg = model.model_validate(tree)
+    except ValidationError as e:
+        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"invalid configuration ({source}): " + "; ".join(lines)) from None
+    # pydantic accepts nan/inf for floats; no setting of this pipeline means anything with them
+    bad = [k for k, v in flatten(cfg).items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ConfigError(f"invalid configuration ({source}): {', '.join(bad)}: must be a finite number (got nan/inf)")
+    return cfg

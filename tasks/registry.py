@@ -357,7 +357,6 @@ def open_registry(tcfg, workdir: Path, require_shared: bool = True) -> Registry:
     return reg
 
 
-
 def register_version(tracking, mcfg, exclude_seen: bool, params: dict, flat_params: dict, workdir: Path,
                      run_dir: Path, summary: dict, data_path: Path, views: Path, model_path: Path,
                      flow_run_id: str | None) -> dict:
@@ -396,6 +395,7 @@ def promote_if_passed(registry: Registry, version: int, decision: dict, mlflow_r
     for w in entry.get("warnings") or []:
         warn(f"promote: {w}")
     return True
+
 
 def _reference_of(tags: dict) -> int | None:
     """The champion version a recorded A/B compared with (None: the baseline, no champion then)."""

@@ -26,10 +26,6 @@ from tasks.validate import TableResult
 from validation.config import ValidationConfig
 
 
-def _log(msg: str, *args: Any) -> None:
-    get_run_logger().info(msg, *args)
-
-
 # ---------------------------------------------------------------------------------------- data
 @task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
       retry_condition_fn=lambda t, r, s: not isinstance(s.result(raise_on_failure=False), SeqrecError))
@@ -166,7 +162,8 @@ class Evaluated:
                 "per_user_metrics": r["per_user_metrics"]}
 
     def describe(self) -> str:
-        return f"test: { {k: round(v, 4) for k, v in self.record['test'].items() if k in ('ndcg@10', 'hr@10', 'mrr@10')} }"
+        headline = {k: round(v, 4) for k, v in self.record["test"].items() if k in ("ndcg@10", "hr@10", "mrr@10")}
+        return f"test: {headline}"
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

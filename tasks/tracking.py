@@ -506,7 +506,6 @@ def bundle_of(client, name: str, version: int | str, dst: Path) -> Path:
     return path
 
 
-
 def attach_run_report(client, mlflow_run_id: str, run_dir: Path, summary_path: Path, ab: dict,
                       promoted: bool) -> None:
     """The A/B report, the decision's figures and the run summary onto the run's MLflow record."""

@@ -119,11 +119,6 @@ def data_id(data_path: Path, views: Path) -> str:
     return f"{Path(data_path).name}/{Path(views).name}"
 
 
-def train_job(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int,
-              exclude_seen: bool) -> TrainJob:
-    return TrainJob(data=data_id(data_path, views), model=mcfg, train=tcfg, seed=seed, exclude_seen=exclude_seen)
-
-
 def train_in_workdir(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int,
                      ecfg: "EvalConfig", workdir: Path, run_dir: Path, log=print) -> dict:
     """The pipeline's train stage: the job's checkpoints live in <workdir>/checkpoints/<job key>, so a
@@ -131,7 +126,8 @@ def train_in_workdir(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: Trai
     from seqrec.fsutil import waiting_lock
 
     exclude_seen = bool(ecfg.exclude_seen)
-    ckpt = Path(workdir) / "checkpoints" / train_job(data_path, views, mcfg, tcfg, seed, exclude_seen).key()
+    job = TrainJob(data=data_id(data_path, views), model=mcfg, train=tcfg, seed=seed, exclude_seen=exclude_seen)
+    ckpt = Path(workdir) / "checkpoints" / job.key()
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     with waiting_lock(Path(str(ckpt) + ".lock"), log, f"another run is training the same job ({ckpt}); waiting"):
         return train(Path(data_path), views, mcfg, tcfg, seed, run_dir, log=log, exclude_seen=exclude_seen,
@@ -219,10 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     """One torchrun worker: configs as in `seqrec run` (--config YAML/JSON, --set dotted.key=value)."""
     import argparse
 
-    from pydantic import ValidationError
-
-    from seqrec.configtree import load_tree
-    from seqrec.errors import ConfigError
+    from seqrec.configtree import load_tree, validate_tree
 
     ap = argparse.ArgumentParser(prog="torchrun --standalone --nproc_per_node N -m tasks.train",
                                  description="train on a data version's views, data-parallel over the "
@@ -235,10 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-dir", help="checkpoint directory (default RUN_DIR/checkpoints)")
     ap.add_argument("--result", help="rank 0 writes the result JSON here (default RUN_DIR/train_result.json)")
     args = ap.parse_args(argv)
-    try:
-        cfg = WorkerConfig.model_validate(load_tree(args.config, args.set))
-    except ValidationError as e:
-        raise ConfigError(f"invalid configuration ({args.config or '--set'}): {e}") from None
+    cfg = validate_tree(WorkerConfig, load_tree(args.config, args.set), args.config or "--set")
     ctx = ddp.from_env()
     if ctx.active:
         ddp.exit_with_launcher()
