@@ -19,7 +19,7 @@ from validation.contract import event_pieces, read_events_piece
 def reference_sequences(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationConfig) -> pd.DataFrame:
     frames = []
     for i, (f, rg) in enumerate(event_pieces(inputs.events)):
-        df = read_events_piece(f, rg, inputs.columns.model_dump())
+        df = read_events_piece(f, rg, inputs.event_format())
         df["order"] = (i << 36) + np.arange(len(df))
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)

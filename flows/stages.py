@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def data_version(run: PipelineRun, pool: Runner, inputs: sources.ResolvedInputs, raw: RawGate) -> pre.PreprocessResult:
     """Preprocess into a staging directory, then the processed gate moves it into place."""
     c = run.config
-    version = pre.data_version(inputs, c.preprocess, c.validation, c.eval.split())
+    version = pre.data_version(inputs, c.preprocess, c.validation, c.eval.split(), raw.quarantine_rules)
     final = run.workdir / "data" / version
     # one writer per data version: a second run waits, then finds it; a writer killed earlier left only
     # an invisible staging directory, removed here (no live writer can own it while we hold the lock)

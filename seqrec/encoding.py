@@ -28,3 +28,17 @@ def gap_buckets_of(timestamps: np.ndarray, edges: np.ndarray) -> np.ndarray:
     first = np.zeros(len(ts), bool)
     first[:1] = True
     return gap_buckets(gaps, first, edges)
+
+
+def normalise_label(value: str) -> str:
+    """How event types (and every config value compared with them) are normalised: Unicode NFC,
+    surrounding whitespace removed, lower case. Config lists and data go through this one function, so
+    `preprocess.event_types=[Purchase]` matches the data's `purchase`."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", str(value)).strip().lower()
+
+
+def normalise_labels(values: list[str] | None) -> list[str] | None:
+    """A config list normalised like the data, duplicates removed, order kept."""
+    return None if values is None else list(dict.fromkeys(normalise_label(v) for v in values))

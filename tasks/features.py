@@ -13,9 +13,11 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seqrec.catalog import DataVersion
+from seqrec.encoding import normalise_labels
+from seqrec.errors import ConfigError
 from seqrec.fsutil import atomic_dir, stable_hash, write_json_atomic, write_npy_atomic
 
 VIEWS_CODE_VERSION = 2  # 2: transition tables (transitions.npz)
@@ -31,7 +33,8 @@ class ViewsConfig(BaseModel):
     pca_dim: int | None = Field(None, description="optional PCA of the sentence embeddings")
     num_buckets: int = Field(8, ge=2)
     engage_value_threshold: float | None = 4.0
-    engage_event_types: list[str] = ["purchase"]
+    engage_event_types: list[str] = Field(["purchase"], description="event types that count as engagement "
+                                          "(compared as the data is normalised; set explicitly, they must occur)")
     transition_lags: int = Field(0, ge=0, le=8, description="item -> item transition tables of the training "
                                  "events stored for lags 1..k (model.transition_lags uses up to this many; in "
                                  "a pipeline config it defaults to model.transition_lags)")
@@ -40,6 +43,12 @@ class ViewsConfig(BaseModel):
     user_activity: bool = Field(True, description="user view: also the activity statistics and the genre "
                                 "distribution of the user's training events (one summary of all of them, so a "
                                 "training position sees its own future; the profile attributes have no such skew)")
+
+
+    @field_validator("engage_event_types")
+    @classmethod
+    def _normalised(cls, v: list[str]) -> list[str]:
+        return normalise_labels(v) or []
 
 
 def views_key(vcfg: ViewsConfig) -> str:
@@ -239,6 +248,7 @@ def sequence_view(data_path: Path, vcfg: ViewsConfig) -> dict:
     dv = DataVersion(data_path)
     seq = dv.sequences()
     etypes = dv.event_types
+    _check_engage_types(vcfg, etypes, seq["event_types"])
     pos_types = np.array([i for i, t in enumerate(etypes) if t in vcfg.engage_event_types])
     thr = vcfg.engage_value_threshold
     engage = []
@@ -249,6 +259,18 @@ def sequence_view(data_path: Path, vcfg: ViewsConfig) -> dict:
         engage.append(e.astype(np.int8))
     return {"engage": engage, "n_event_types": len(etypes), "n_gap_buckets": dv.n_gap_buckets,
             "transitions": transition_tables(_train_part(seq, "items"), dv.n_items, vcfg.transition_lags)}
+
+
+def _check_engage_types(vcfg: ViewsConfig, etypes: list[str], per_user: pd.Series) -> None:
+    """Engagement types a user named that occur nowhere give no positives at all: a mistake, refused.
+    (The default, purchase, is allowed to be absent: a value threshold may carry engagement instead.)"""
+    if "engage_event_types" not in vcfg.model_fields_set or not len(per_user):
+        return
+    present = np.unique(np.concatenate([np.asarray(e) for e in per_user]))
+    occurring = [etypes[i] for i in present if 0 < i < len(etypes)]
+    if not set(vcfg.engage_event_types) & set(occurring):
+        raise ConfigError(f"views.engage_event_types={vcfg.engage_event_types} matches none of the events' types: "
+                          f"{', '.join(occurring)}")
 
 
 def transition_tables(train_items: list[np.ndarray], n_items: int, lags: int) -> dict[str, np.ndarray]:

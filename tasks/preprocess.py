@@ -13,6 +13,7 @@ after the processed suite passed, so a data version directory is always complete
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -27,13 +28,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seqrec.catalog import USER_FIRST, DataVersion
-from seqrec.encoding import ITEM_FIRST, ITEM_PAD, ITEM_UNKNOWN, USER_UNKNOWN, gap_buckets
+from seqrec.encoding import ITEM_FIRST, ITEM_PAD, ITEM_UNKNOWN, USER_UNKNOWN, gap_buckets, normalise_labels
 from seqrec.errors import DataContractError
 from seqrec.fsutil import stable_hash
 from seqrec.splits import Cutoffs, resolve_cutoff, split_codes
 from tasks.sources import ResolvedInputs
 from validation.config import ValidationConfig
-from validation.contract import event_pieces, read_events_piece, read_table_file
+from validation.contract import EventFormat, event_pieces, read_events_piece
 from validation.suites import Rule, quarantine_mask
 
 PREPROCESS_CODE_VERSION = 1
@@ -50,6 +51,11 @@ class PreprocessConfig(BaseModel):
     gap_bucket_edges_s: list[int] = [60, 300, 1800, 3600, 10_800, 43_200, 86_400, 259_200, 604_800,
                                      2_592_000, 15_552_000]
     rows_per_bucket: int = Field(2_000_000, ge=1000, description="target events per user bucket (parallel unit)")
+
+    @field_validator("event_types")
+    @classmethod
+    def _normalised(cls, v: list[str] | None) -> list[str] | None:
+        return normalise_labels(v)
 
 
 class SplitConfig(BaseModel):
@@ -98,11 +104,16 @@ class PreprocessResult(BaseModel):
 
 
 def data_version(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationConfig,
-                 split: SplitConfig | None = None) -> str:
+                 split: SplitConfig | None = None, qrules: list[Rule] | None = None) -> str:
+    """The content hash of what a data version is made of: the raw files, how they are read, the
+    preprocessing, and the quarantine: its configuration and the rules whose rows were dropped."""
     split = split or SplitConfig()
     return stable_hash({
-        # leave-one-out versions keep the hash they had before the protocol was configurable
+        # leave-one-out versions keep the hash they had before the protocol was configurable, and
+        # versions read by the default rules or with nothing quarantined keep theirs
         **({"split": split.model_dump()} if split.protocol != "loo" else {}),
+        **({"reading": inputs.reading_rules()} if inputs.reading_rules() else {}),
+        **({"quarantined": [dataclasses.asdict(r) for r in qrules]} if qrules else {}),
         "inputs": inputs.fingerprint, "columns": inputs.columns.model_dump(), "schema": inputs.schema_.model_dump(),
         "preprocess": pcfg.model_dump(), "quarantine": vcfg.model_dump(include={"mode", "max_quarantine_fraction",
                                                                                 "allowed_event_types", "value_min",
@@ -111,25 +122,27 @@ def data_version(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: Validatio
     }, n=16)
 
 
-def event_type_vocab(vcfg: ValidationConfig, pcfg: PreprocessConfig) -> list[str]:
-    """Index 0 = padding, then the allowed types in config order (+ 'event' for logs without types)."""
+def event_type_vocab(vcfg: ValidationConfig, pcfg: PreprocessConfig, null_event_type: str | None = "event") -> list[str]:
+    """Index 0 = padding, then the allowed types in config order (+ 'event' for logs without types,
+    + the declared type of a null event type)."""
     kept = pcfg.event_types or vcfg.allowed_event_types
-    return ["<pad>", *dict.fromkeys([*kept, "event"])]
+    return ["<pad>", *dict.fromkeys([*kept, "event", *([null_event_type] if null_event_type else [])])]
 
 
 # --------------------------------------------------------------------------- phase A / B (per piece)
 
 
-def _load_piece(idx: int, file: str, row_group: int | None, columns: dict, qrules: list[Rule] | None,
+def _load_piece(idx: int, file: str, row_group: int | None, fmt: EventFormat, qrules: list[Rule] | None,
                 event_types: list[str] | None, min_value: float | None) -> tuple[pd.DataFrame, dict]:
-    df = read_events_piece(file, row_group, columns)
+    df = read_events_piece(file, row_group, fmt)
     df["_order"] = (np.int64(idx) << np.int64(36)) + np.arange(len(df), dtype=np.int64)
-    stats = {"input": len(df)}
+    stats: dict = {"input": len(df)}
     if qrules:
         bad = quarantine_mask(df, qrules)
         stats["quarantined"] = int(bad.sum())
         df = df[~bad]
     if event_types is not None and "event_type" in df.columns:
+        stats["seen_event_types"] = set(df["event_type"].dropna().unique().tolist())
         keep = df["event_type"].isin(event_types)
         stats["event_type_filter"] = int((~keep).sum())
         df = df[keep]
@@ -141,12 +154,12 @@ def _load_piece(idx: int, file: str, row_group: int | None, columns: dict, qrule
     return df.reset_index(drop=True), stats
 
 
-def _compact_piece(idx: int, file: str, row_group: int | None, columns: dict, qrules: list[Rule] | None,
+def _compact_piece(idx: int, file: str, row_group: int | None, fmt: EventFormat, qrules: list[Rule] | None,
                    event_types: list[str] | None, min_value: float | None) -> tuple[pd.DataFrame, dict]:
     """Load, filter, and keep only compact columns until the global vocabulary exists: ids become
     piece-local codes (+ the piece's unique ids), so the events held between phases A and B cost ~30
     bytes each instead of two Python strings (100M events stay within the workers' memory limits)."""
-    df, stats = _load_piece(idx, file, row_group, columns, qrules, event_types, min_value)
+    df, stats = _load_piece(idx, file, row_group, fmt, qrules, event_types, min_value)
     u_codes, u_uni = pd.factorize(df["user_id"])
     i_codes, i_uni = pd.factorize(df["item_id"])
     out = pd.DataFrame({"u": u_codes.astype(np.int32), "i": i_codes.astype(np.int32),
@@ -158,7 +171,7 @@ def _compact_piece(idx: int, file: str, row_group: int | None, columns: dict, qr
     if "session_id" in df.columns:
         out["session_key"] = pd.util.hash_array(df["session_id"].fillna("").to_numpy(dtype=object)).astype(np.int64)
     uniques = {"users": np.asarray(u_uni, dtype=object), "items": np.asarray(i_uni, dtype=object)}
-    return out, {**stats, "uniques": uniques}
+    return out, {**stats, "uniques": uniques, "file": file}
 
 
 def _uniques(piece: tuple[pd.DataFrame, dict]) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -167,17 +180,30 @@ def _uniques(piece: tuple[pd.DataFrame, dict]) -> tuple[np.ndarray, np.ndarray, 
             {k: v for k, v in stats.items() if k != "uniques"})
 
 
+def _sorted_ids(arrays: list[np.ndarray]) -> pd.Index:
+    """The sorted distinct ids of all pieces, as Python strings: a fixed-width numpy string array
+    would give every id the width of the longest one."""
+    if not arrays:
+        return pd.Index([], dtype=object)
+    return pd.Index(np.sort(pd.unique(np.concatenate(arrays).astype(object))), dtype=object)
+
+
 def _encode_piece(piece: tuple[pd.DataFrame, dict], users: pd.Index, items: pd.Index, etypes: list[str],
                   n_buckets: int) -> list[pd.DataFrame]:
     df, stats = piece
     user_map = users.get_indexer(stats["uniques"]["users"]).astype(np.int32)
     item_map = items.get_indexer(stats["uniques"]["items"]).astype(np.int32)
+    etype = (pd.Index(etypes).get_indexer(df["event_type"]) if "event_type" in df.columns
+             else np.full(len(df), etypes.index("event")))
+    if (etype < 1).any():  # the raw gate's rules keep these out; never let one reach training as an index
+        bad = df["event_type"][etype < 1]
+        raise DataContractError(stats.get("file"), "event_type", f"event_type must be one of {etypes[1:]}",
+                                bad.head(5).tolist(), int(len(bad)))
     out = pd.DataFrame({
         "user": user_map[df["u"].to_numpy()],
         "item": item_map[df["i"].to_numpy()],
         "ts": df["ts"].to_numpy(),
-        "etype": (pd.Index(etypes).get_indexer(df["event_type"]) if "event_type" in df.columns
-                  else np.full(len(df), etypes.index("event"))).astype(np.int8),
+        "etype": etype.astype(np.int8),
         "value": df["value"].to_numpy() if "value" in df.columns else np.full(len(df), np.nan, np.float32),
         "order": df["order"].to_numpy(),
     })
@@ -297,7 +323,7 @@ def preprocess(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationC
     """Run phases A-D on `client`; write a staged data version (see module doc)."""
     t0 = time.perf_counter()
     split = split or SplitConfig()
-    version = data_version(inputs, pcfg, vcfg, split)
+    version = data_version(inputs, pcfg, vcfg, split, quarantine_rules)
     final = Path(workdir) / "data" / version
     if final.is_dir():
         dv = DataVersion(final)
@@ -314,21 +340,24 @@ def preprocess(inputs: ResolvedInputs, pcfg: PreprocessConfig, vcfg: ValidationC
 
 def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedInputs, pcfg: PreprocessConfig,
                      vcfg: ValidationConfig, client, qrules, t0: float, split: SplitConfig) -> PreprocessResult:
-    columns = inputs.columns.model_dump()
-    etypes = event_type_vocab(vcfg, pcfg)
+    fmt = inputs.event_format()
+    etypes = event_type_vocab(vcfg, pcfg, fmt.null_event_type)
     pieces = event_pieces(inputs.events)
-    loaded = [client.submit(_compact_piece, i, f, rg, columns, qrules, pcfg.event_types, pcfg.min_value, pure=False)
+    loaded = [client.submit(_compact_piece, i, f, rg, fmt, qrules, pcfg.event_types, pcfg.min_value, pure=False)
               for i, (f, rg) in enumerate(pieces)]
     uniq = client.gather([client.submit(_uniques, p, pure=False) for p in loaded])
     drops: dict[str, int] = {}
     n_input = 0
+    seen: set[str] = set()
     for _, _, st in uniq:
         n_input += st["input"]
+        seen |= st.get("seen_event_types", set())
         for k, v in st.items():
-            if k != "input":
+            if k not in ("input", "seen_event_types", "file"):
                 drops[k] = drops.get(k, 0) + v
-    raw_users = pd.Index(np.unique(np.concatenate([u[0] for u in uniq]).astype(str)) if uniq else [])
-    raw_items = pd.Index(np.unique(np.concatenate([u[1] for u in uniq]).astype(str)) if uniq else [])
+    _check_filter_matches(pcfg, seen, n_input - drops.get("quarantined", 0), inputs.events[0])
+    raw_users = _sorted_ids([u[0] for u in uniq])
+    raw_items = _sorted_ids([u[1] for u in uniq])
     kept_rows = n_input - sum(drops.values())
     if kept_rows <= 0:
         raise DataContractError(inputs.events[0], None, "no events left after filtering "
@@ -364,7 +393,9 @@ def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedI
     _write_vocab(staging, raw_items.to_numpy(dtype=object)[item_keep], user_ids[1:], etypes)
     _write_tables(staging, inputs, raw_items.to_numpy(dtype=object)[item_keep], user_ids[1:])
     meta = {"data_version": version, "created": time.time(), "counts": counts, "drops": drops,
-            "source": inputs.source, "inputs": {"events": inputs.events, "users": inputs.users, "items": inputs.items},
+            "source": inputs.source, "inputs": {"events": inputs.events, "users": inputs.users, "items": inputs.items,
+                                                **inputs.reading_rules()},
+            **({"quarantined_rules": [r.text for r in qrules]} if qrules else {}),
             "schema": inputs.schema_.model_dump(), "preprocess": pcfg.model_dump(),
             "event_types": etypes, "n_gap_buckets": len(pcfg.gap_bucket_edges_s) + 3,
             "split": {"protocol": split.protocol, **({"valid_cutoff": cuts.valid, "test_cutoff": cuts.test,
@@ -374,6 +405,14 @@ def _preprocess_into(staging: Path, final: Path, version: str, inputs: ResolvedI
     DataVersion(staging).write_meta(meta)
     return PreprocessResult(data_version=version, path=str(final), staging_path=str(staging), counts=counts,
                             drops=drops, seconds=time.perf_counter() - t0)
+
+
+def _check_filter_matches(pcfg: PreprocessConfig, seen: set[str], rows: int, file: str) -> None:
+    """`preprocess.event_types` that matches no event is a mistake (a typo, another naming), not a filter."""
+    if pcfg.event_types is None or rows == 0 or seen & set(pcfg.event_types):
+        return
+    raise DataContractError(file, "event_type", f"preprocess.event_types={pcfg.event_types} matches none of the "
+                            f"events' types: {', '.join(sorted(seen)) or '(no event types)'}")
 
 
 def _bucket_timestamps(bucket: tuple[pd.DataFrame, int], item_keep: np.ndarray, user_keep: np.ndarray) -> np.ndarray:
@@ -417,20 +456,11 @@ def _write_vocab(out: Path, item_ids: np.ndarray, user_ids: np.ndarray, etypes: 
 
 def _write_tables(out: Path, inputs: ResolvedInputs, item_ids: np.ndarray, user_ids: np.ndarray) -> None:
     """Profile/attribute tables restricted to the vocabulary, keyed by index (views read these)."""
-    from validation.contract import type_entities
-
-    s = inputs.schema_
     (out / "tables").mkdir(exist_ok=True)
-    if inputs.users:
-        users = type_entities(read_table_file(inputs.users), "user_id", inputs.users, s.user_categorical,
-                              s.user_numeric, [], [])
-        idx = pd.Index(user_ids.astype(str)).get_indexer(users["user_id"])
-        users = users[idx >= 0].assign(user_idx=idx[idx >= 0] + USER_FIRST).sort_values("user_idx")
-        users.to_parquet(out / "tables" / "users.parquet", index=False)
-    if inputs.items:
-        items = type_entities(read_table_file(inputs.items), "item_id", inputs.items, s.item_categorical,
-                              s.item_numeric, s.item_text, s.item_multi)
-        idx = pd.Index(item_ids.astype(str)).get_indexer(items["item_id"])
-        items = items[idx >= 0].assign(item_idx=idx[idx >= 0] + ITEM_FIRST).sort_values("item_idx")
-        items.to_parquet(out / "tables" / "items.parquet", index=False)
-
+    for which, key, ids, first in (("users", "user_id", user_ids, USER_FIRST), ("items", "item_id", item_ids, ITEM_FIRST)):
+        table, _ = inputs.entity_table(which)  # type: ignore[arg-type]
+        if table is None:
+            continue
+        idx = pd.Index(ids.astype(object)).get_indexer(table[key])
+        table = table[idx >= 0].assign(**{f"{key[:-3]}_idx": idx[idx >= 0] + first}).sort_values(f"{key[:-3]}_idx")
+        table.to_parquet(out / "tables" / f"{which}.parquet", index=False)

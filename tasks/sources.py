@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from seqrec.encoding import normalise_label
 from seqrec.errors import DataContractError, SeqrecError
 from seqrec.fsutil import atomic_dir, file_digest, stable_hash, write_json_atomic
+from validation.contract import SUPPORTED, EventFormat, TimestampUnit, file_format, read_tables, type_entities
 
 RECBOLE_PIN = "recbole==1.2.1"
 # SHA-256 of the MovieLens-100K files inside recbole-1.2.1-py3-none-any.whl (measured once).
@@ -39,7 +41,6 @@ GROUPLENS_GENRES = [
     "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
     "Thriller", "War", "Western",
 ]
-EVENT_FILE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv")
 
 
 class ColumnMap(BaseModel):
@@ -83,28 +84,61 @@ class AttributeSchema(BaseModel):
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: Literal["ml-100k", "files", "synthetic"] = "ml-100k"
-    events: str | None = Field(None, description="file, directory or glob (source=files)")
-    users: str | None = None
-    items: str | None = None
+    events: str | None = Field(None, description="file, directory or glob (source=files): " + SUPPORTED)
+    users: str | None = Field(None, description="file, directory or glob")
+    items: str | None = Field(None, description="file, directory or glob")
     columns: ColumnMap = ColumnMap()
+    timestamp_unit: TimestampUnit = Field("s", description="unit of integer timestamps: s, ms, us or ns "
+                                          "(datetime and ISO-8601 timestamps carry their own)")
+    null_event_type: str | None = Field("event", description="the event type of events whose type is null; "
+                                        "null: such events break the rule `event_type must not be null` (the run "
+                                        "fails, or they are quarantined in validation.mode=quarantine)")
     schema_: AttributeSchema | None = Field(None, alias="schema")
     ml100k_dir: str | None = Field(None, description="local GroupLens dir (u.data/u.user/u.item)")
     synthetic: SynthConfig = SynthConfig()
     cache_dir: str | None = Field(None, description="default: $SEQREC_CACHE_DIR or ~/.cache/seqrec")
+
+    @field_validator("null_event_type")
+    @classmethod
+    def _normalised(cls, v: str | None) -> str | None:
+        return None if v is None else normalise_label(v) or None
 
 
 class ResolvedInputs(BaseModel):
     """What ingest hands on: concrete files and how to read them."""
 
     events: list[str]
-    users: str | None
-    items: str | None
+    users: list[str] | None
+    items: list[str] | None
     columns: ColumnMap
     schema_: AttributeSchema = Field(alias="schema")
     source: str
     fingerprint: str
+    timestamp_unit: TimestampUnit = "s"
+    null_event_type: str | None = "event"
 
     model_config = ConfigDict(populate_by_name=True)
+
+    def event_format(self) -> EventFormat:
+        return EventFormat(self.columns.model_dump(), self.timestamp_unit, self.null_event_type)
+
+    def entity_table(self, which: Literal["users", "items"]) -> tuple[pd.DataFrame | None, str | None]:
+        """The typed users or items table (all its files) and the name its errors give it, or (None, None)."""
+        files = getattr(self, which)
+        if not files:
+            return None, None
+        label = files[0] if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} files)"
+        s = self.schema_
+        if which == "users":
+            return type_entities(read_tables(files), "user_id", label, s.user_categorical, s.user_numeric, [], []), label
+        return (type_entities(read_tables(files), "item_id", label, s.item_categorical, s.item_numeric, s.item_text,
+                              s.item_multi), label)
+
+    def reading_rules(self) -> dict:
+        """The declared reading rules that change what is read, for the data version (defaults left
+        out, so versions from before the rules existed keep their hash)."""
+        return {k: v for k, v in (("timestamp_unit", self.timestamp_unit), ("null_event_type", self.null_event_type))
+                if v != ResolvedInputs.model_fields[k].default}
 
 
 ML100K_SCHEMA = AttributeSchema(
@@ -239,20 +273,26 @@ def verify_cached(target: Path) -> None:
 
 
 def expand_paths(spec: str, what: str) -> list[str]:
-    """A file, a directory (all data files inside, recursively) or a glob -> sorted file list."""
+    """A file, a directory (all data files inside, recursively) or a glob -> sorted file list. In a
+    directory, hidden and `_`-prefixed files (`_SUCCESS`, `.crc` files of Spark and Hadoop) are not
+    data; any other file that is not a supported data file is an error, never skipped in silence."""
     p = Path(spec).expanduser()
     if p.is_dir():
-        files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in EVENT_FILE_SUFFIXES)
+        files = sorted(str(f) for f in p.rglob("*") if f.is_file() and not _bookkeeping(f.relative_to(p)))
     elif p.is_file():
         files = [str(p)]
     else:
-        files = sorted(f for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+        files = sorted(f for f in glob.glob(str(p), recursive=True) if Path(f).is_file() and not _bookkeeping(Path(Path(f).name)))
     if not files:
-        raise DataContractError(spec, None, f"{what}: no parquet/CSV files found at this path")
-    bad = [f for f in files if Path(f).suffix.lower() not in EVENT_FILE_SUFFIXES]
+        raise DataContractError(spec, None, f"{what}: no data files found at this path ({SUPPORTED})")
+    bad = [f for f in files if file_format(f) is None]
     if bad:
-        raise DataContractError(bad[0], None, f"{what}: unsupported file type (use .parquet, .csv or .tsv)")
+        raise DataContractError(bad[0], None, f"{what}: unsupported file type (use {SUPPORTED})")
     return files
+
+
+def _bookkeeping(rel: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in rel.parts)
 
 
 def fingerprint_files(files: list[str | None]) -> str:
@@ -265,7 +305,7 @@ def resolve_inputs(cfg: DataConfig) -> ResolvedInputs:
     if cfg.source == "ml-100k":
         root = fetch_ml100k(cache, Path(cfg.ml100k_dir) if cfg.ml100k_dir else None)
         verify_cached(root)
-        events, users, items = [str(root / "events.parquet")], str(root / "users.parquet"), str(root / "items.parquet")
+        events, users, items = [str(root / "events.parquet")], [str(root / "users.parquet")], [str(root / "items.parquet")]
         schema = cfg.schema_ or ML100K_SCHEMA
         columns = ColumnMap()
     elif cfg.source == "synthetic":
@@ -280,17 +320,19 @@ def resolve_inputs(cfg: DataConfig) -> ResolvedInputs:
             with atomic_dir(root) as tmp:
                 generate(s.users, s.items, s.events, s.seed, tmp, s.follow, s.skip, s.start_days)
         events = expand_paths(str(root / "events"), "events")
-        users, items = str(root / "users.parquet"), str(root / "items.parquet")
+        users, items = [str(root / "users.parquet")], [str(root / "items.parquet")]
         schema = cfg.schema_ or SYNTH_SCHEMA
         columns = ColumnMap()
     else:
         if not cfg.events:
             raise DataContractError(None, None, "data.events must be set when data.source=files")
         events = expand_paths(cfg.events, "events")
-        users = expand_paths(cfg.users, "users")[0] if cfg.users else None
-        items = expand_paths(cfg.items, "items")[0] if cfg.items else None
+        users = expand_paths(cfg.users, "users") if cfg.users else None
+        items = expand_paths(cfg.items, "items") if cfg.items else None
         schema = cfg.schema_ or AttributeSchema()
         columns = cfg.columns
-    fp = fingerprint_files([*events, users, items])
+    # one users/items file hashes as it did when only one was read (data versions keep their hash)
+    fp = fingerprint_files([*events, *(users or [None]), *(items or [None])])
     return ResolvedInputs(events=events, users=users, items=items, columns=columns, schema=schema,
-                          source=cfg.source, fingerprint=fp)
+                          source=cfg.source, fingerprint=fp, timestamp_unit=cfg.timestamp_unit,
+                          null_event_type=cfg.null_event_type)

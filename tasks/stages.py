@@ -57,7 +57,7 @@ def validate_raw_task(inputs: sources.ResolvedInputs, vcfg: ValidationConfig, re
 
 def _preprocess_key(_ctx, p: dict) -> str:
     # the data version is the content hash of the raw inputs + preprocessing config
-    version = pre.data_version(p["inputs"], p["pcfg"], p["vcfg"], p["split"])
+    version = pre.data_version(p["inputs"], p["pcfg"], p["vcfg"], p["split"], p["qrules"])
     return f"preprocess-{version}-{stable_hash(str(p['workdir']), n=8)}"
 
 

@@ -20,13 +20,13 @@ from tasks.preprocess import PreprocessResult
 from tasks.sources import ResolvedInputs
 from validation.config import ValidationConfig
 from seqrec.splits import Cutoffs
-from validation.contract import event_pieces, read_events_piece, read_table_file, type_entities
+from validation.contract import EventFormat, event_pieces, read_events_piece
 from validation.suites import (Rule, TableResult, apply_quarantine, entity_rules, event_rules, merge_outcomes,
                                merge_sequence_checks, raise_for, sequence_checks, sequence_rules, validate_frame, write_reports)
 
 
-def _event_frame(file: str, rg: int | None, columns: dict, known_items, known_users) -> pd.DataFrame:
-    df = read_events_piece(file, rg, columns)
+def _event_frame(file: str, rg: int | None, fmt: EventFormat, known_items, known_users) -> pd.DataFrame:
+    df = read_events_piece(file, rg, fmt)
     if known_items is not None:
         df["_item_known"] = df["item_id"].isin(known_items) | df["item_id"].isna()
     if known_users is not None:
@@ -34,22 +34,9 @@ def _event_frame(file: str, rg: int | None, columns: dict, known_items, known_us
     return df
 
 
-def _validate_piece(file: str, rg: int | None, columns: dict, rules: list[Rule], known_items, known_users):
-    df = _event_frame(file, rg, columns, known_items, known_users)
+def _validate_piece(file: str, rg: int | None, fmt: EventFormat, rules: list[Rule], known_items, known_users):
+    df = _event_frame(file, rg, fmt, known_items, known_users)
     return validate_frame("events", df, rules, file), len(df)
-
-
-def _entity(inputs: ResolvedInputs, which: str) -> tuple[pd.DataFrame | None, str | None]:
-    path = getattr(inputs, which)
-    if not path:
-        return None, None
-    s = inputs.schema_
-    if which == "users":
-        df = type_entities(read_table_file(path), "user_id", path, s.user_categorical, s.user_numeric, [], [])
-    else:
-        df = type_entities(read_table_file(path), "item_id", path, s.item_categorical, s.item_numeric,
-                           s.item_text, s.item_multi)
-    return df, path
 
 
 def validate_raw(inputs: ResolvedInputs, vcfg: ValidationConfig, client, report_dir: Path,
@@ -59,7 +46,7 @@ def validate_raw(inputs: ResolvedInputs, vcfg: ValidationConfig, client, report_
     docs: dict[str, list[tuple[str, pd.DataFrame]]] = {}
     known: dict[str, np.ndarray | None] = {"users": None, "items": None}
     for which, key in (("users", "user_id"), ("items", "item_id")):
-        df, path = _entity(inputs, which)
+        df, path = inputs.entity_table(which)
         if df is None:
             continue
         numeric = inputs.schema_.user_numeric if which == "users" else inputs.schema_.item_numeric
@@ -71,16 +58,17 @@ def validate_raw(inputs: ResolvedInputs, vcfg: ValidationConfig, client, report_
         docs[which] = [("all", df)]
         known[which] = df[key].dropna().unique()
     pieces = event_pieces(inputs.events)
-    columns = inputs.columns.model_dump()
-    head = _event_frame(*pieces[0], columns, known["items"], known["users"])
+    fmt = inputs.event_format()
+    head = _event_frame(*pieces[0], fmt, known["items"], known["users"])
     rules = event_rules(vcfg, list(head.columns), now=now, check_items=known["items"] is not None,
-                        check_users=known["users"] is not None)
+                        check_users=known["users"] is not None, null_event_type=fmt.null_event_type,
+                        timestamp_unit=fmt.timestamp_unit)
     t = time.perf_counter()
     if len(pieces) == 1:
         parts = [(validate_frame("events", head, rules, pieces[0][0]), len(head))]
     else:
         ki, ku = client.scatter([known["items"], known["users"]], broadcast=True, hash=False)
-        parts = client.gather([client.submit(_validate_piece, f, rg, columns, rules, ki, ku, pure=False)
+        parts = client.gather([client.submit(_validate_piece, f, rg, fmt, rules, ki, ku, pure=False)
                                for f, rg in pieces])
     ev = TableResult("events", rules, merge_outcomes([p[0] for p in parts]), rows=sum(p[1] for p in parts),
                      files=inputs.events)
@@ -89,7 +77,7 @@ def validate_raw(inputs: ResolvedInputs, vcfg: ValidationConfig, client, report_
     results.append(ev)
     failing = [i for i, p in enumerate(parts) if any(not o.success for o in p[0])]
     doc_pieces = sorted(set(range(min(len(pieces), vcfg.docs_max_pieces))) | set(failing[:4]))
-    docs["events"] = [(f"piece-{i}", head if i == 0 else _event_frame(*pieces[i], columns, known["items"],
+    docs["events"] = [(f"piece-{i}", head if i == 0 else _event_frame(*pieces[i], fmt, known["items"],
                                                                        known["users"])) for i in doc_pieces]
     write_reports(results, docs, report_dir / "quality")
     for r in results:

@@ -51,7 +51,65 @@ def case_future_timestamp(tmp):
 def case_milliseconds(tmp):
     df = small_events()
     df["timestamp"] = df["timestamp"] * 1000
-    return run_cfg(_events(tmp, df)), "timestamp", "unix seconds"
+    return run_cfg(_events(tmp, df)), "timestamp", "set data.timestamp_unit"
+
+
+def case_seconds_declared_as_milliseconds(tmp):
+    return run_cfg(_events(tmp), data__timestamp_unit="ms"), "timestamp", "1990"
+
+
+def case_mixed_numbers_and_text_timestamps(tmp):
+    return run_cfg(_events(tmp, _with(timestamp=(2, "2001-09-09T01:46:40Z")))), "timestamp", "integer unix time"
+
+
+def case_unparsable_iso_datetime(tmp):
+    df = small_events()
+    df["timestamp"] = pd.to_datetime(df["timestamp"], unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    df.loc[3, "timestamp"] = "2001-13-45T99:00:00Z"
+    return run_cfg(_events(tmp, df)), "timestamp", "ISO-8601"
+
+
+def case_null_event_type_without_a_declared_default(tmp):
+    return (run_cfg(_events(tmp, _with(event_type=(2, None))), data__null_event_type=None), "event_type",
+            "must not be null")
+
+
+def case_event_type_filter_matches_nothing(tmp):
+    return (run_cfg(_events(tmp), preprocess__event_types=["Purchased"]), "event_type",
+            "preprocess.event_types=['purchased'] matches none of the events' types: cart, click, purchase, view")
+
+
+def case_unknown_user_names_the_ids(tmp):
+    pd.DataFrame({"user_id": ["a", "b"]}).to_csv(tmp / "users.csv", index=False)
+    return run_cfg(_events(tmp), users=str(tmp / "users.csv")), "user_id", """sample: ["'c'", "'c'", "'c'"]"""
+
+
+def case_very_long_id(tmp):
+    return run_cfg(_events(tmp, _with(user_id=(3, "u" * 5000)))), "user_id", "at most 512 characters"
+
+
+def case_unsupported_file_in_a_directory(tmp):
+    (tmp / "parts").mkdir()
+    small_events().to_csv(tmp / "parts" / "part-0.csv.gz", index=False)
+    (tmp / "parts" / "notes.txt").write_text("not data")
+    return run_cfg(str(tmp / "parts")), "notes.txt", "unsupported file type"
+
+
+def case_corrupt_gzip(tmp):
+    (tmp / "events.csv.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated")
+    return run_cfg(str(tmp / "events.csv.gz")), "events.csv.gz", "well-formed CSV (gzip-compressed)"
+
+
+def case_malformed_json_lines(tmp):
+    (tmp / "events.jsonl").write_text('{"user_id": "a", "item_id": "x", "timestamp": 1000000000}\n{"user_id": "b", \n')
+    return run_cfg(str(tmp / "events.jsonl")), "events.jsonl", "well-formed JSON Lines"
+
+
+def case_duplicate_user_across_a_users_directory(tmp):
+    (tmp / "users").mkdir()
+    pd.DataFrame({"user_id": ["a", "b"]}).to_csv(tmp / "users" / "part-0.csv", index=False)
+    pd.DataFrame({"user_id": ["c", "a"]}).to_csv(tmp / "users" / "part-1.csv", index=False)
+    return run_cfg(_events(tmp), users=str(tmp / "users")), "user_id", "unique"
 
 
 def case_empty_input(tmp):
@@ -98,7 +156,7 @@ def case_malformed_csv(tmp):
 
 
 def case_no_files(tmp):
-    return run_cfg(str(tmp / "nothing-here" / "*.parquet")), "nothing-here", "no parquet/CSV files"
+    return run_cfg(str(tmp / "nothing-here" / "*.parquet")), "nothing-here", "no data files"
 
 
 def case_unknown_event_type(tmp):
@@ -155,7 +213,7 @@ def test_broken_input_fails_cleanly(case, tmp_path, prefect_harness, cache_dir):
     import json
 
     summary = json.loads((wd / "runs" / "r1" / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["failed_stage"] in ("ingest", "validate_raw", "validate_processed")
+    assert summary["status"] == "failed" and summary["failed_stage"] in ("ingest", "validate_raw", "preprocess", "validate_processed")
     err = summary["error"]
     assert "file:" in err and "rule:" in err, err
     assert column in err and rule in err, err

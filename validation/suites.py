@@ -24,10 +24,11 @@ from seqrec.errors import DataContractError
 from seqrec.splits import TEST, VALID, Cutoffs, split_codes
 from validation.config import MIN_TIMESTAMP, ValidationConfig
 
-Kind = Literal["not_null", "between", "in_set", "unique", "rows_at_least"]
+Kind = Literal["not_null", "between", "in_set", "unique", "rows_at_least", "max_length"]
 GX_NAMES = {"not_null": "expect_column_values_to_not_be_null", "between": "expect_column_values_to_be_between",
             "in_set": "expect_column_values_to_be_in_set", "unique": "expect_column_values_to_be_unique",
-            "rows_at_least": "expect_table_row_count_to_be_between"}
+            "rows_at_least": "expect_table_row_count_to_be_between",
+            "max_length": "expect_column_value_lengths_to_be_between"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Rule:
             return e.ExpectColumnValuesToBeInSet(column=self.column, value_set=list(self.values), **kw)
         if self.kind == "unique":
             return e.ExpectColumnValuesToBeUnique(column=self.column)
+        if self.kind == "max_length":
+            return e.ExpectColumnValueLengthsToBeBetween(column=self.column, max_value=int(self.max or 0), **kw)
         return e.ExpectTableRowCountToBeBetween(min_value=int(self.min or 1))
 
     def violations(self, df: pd.DataFrame) -> pd.Series:
@@ -74,6 +77,8 @@ class Rule:
             return s.notna() & ~s.isin(list(self.values))
         if self.kind == "unique":
             return s.duplicated(keep=False) & s.notna()
+        if self.kind == "max_length":
+            return (s.astype("string").str.len() > (self.max or 0)).fillna(False).astype(bool)
         return pd.Series(False, index=df.index)
 
 
@@ -149,19 +154,31 @@ def _jsonable(v: Any) -> Any:
 
 
 def event_rules(cfg: ValidationConfig, columns: list[str], now: int | None = None,
-                check_items: bool = False, check_users: bool = False) -> list[Rule]:
+                check_items: bool = False, check_users: bool = False, null_event_type: str | None = "event",
+                timestamp_unit: str = "s") -> list[Rule]:
+    """The raw events' rules; `null_event_type` is the declared type of a null event type (None: a null
+    event type breaks a rule), `timestamp_unit` only words the hint of the time-range rule."""
     now = int(now or time.time())
+    hint = "" if timestamp_unit != "s" else " (integer timestamps in ms/us/ns: set data.timestamp_unit)"
     rules = [
         Rule("user_id", "rows_at_least", "events table must not be empty", min=1, row_level=False),
         Rule("user_id", "not_null", "user_id must not be null"),
         Rule("item_id", "not_null", "item_id must not be null"),
+        Rule("user_id", "max_length", f"user_id must be at most {cfg.max_id_length} characters "
+             "(validation.max_id_length)", max=cfg.max_id_length),
+        Rule("item_id", "max_length", f"item_id must be at most {cfg.max_id_length} characters "
+             "(validation.max_id_length)", max=cfg.max_id_length),
         Rule("timestamp", "not_null", "timestamp must not be null"),
-        Rule("timestamp", "between", "timestamp must be unix seconds between 1990-01-01 and now",
+        Rule("timestamp", "between", f"timestamp must be unix seconds between 1990-01-01 and now{hint}",
              min=MIN_TIMESTAMP, max=now + cfg.max_future_skew_s),
     ]
     if "event_type" in columns:
-        rules.append(Rule("event_type", "in_set", f"event_type must be one of {cfg.allowed_event_types}",
-                          values=tuple(cfg.allowed_event_types)))
+        allowed = list(dict.fromkeys([*cfg.allowed_event_types, *([null_event_type] if null_event_type else [])]))
+        if null_event_type is None:
+            rules.append(Rule("event_type", "not_null", "event_type must not be null (data.null_event_type is "
+                              "unset)"))
+        rules.append(Rule("event_type", "in_set", f"event_type must be one of {allowed} "
+                          "(validation.allowed_event_types)", values=tuple(allowed)))
     if "value" in columns:
         rules.append(Rule("value", "between", f"value must be finite and within [{cfg.value_min}, {cfg.value_max}]",
                           min=cfg.value_min, max=cfg.value_max))
@@ -203,6 +220,8 @@ def sequence_rules(n_items: int, n_event_types: int, min_eval_users: int = 2) ->
         Rule("min_item", "between", f"item indices must be in [2, {n_items + 1}] (0=pad, 1=unknown)",
              min=2, max=n_items + 1, row_level=False),
         Rule("max_item", "between", f"item indices must be in [2, {n_items + 1}]", min=2, max=n_items + 1, row_level=False),
+        Rule("min_event_type", "between", f"event type indices must be in [1, {n_event_types}] (0 = padding)",
+             min=1, max=n_event_types, row_level=False),
         Rule("max_event_type", "between", f"event type indices must be in [1, {n_event_types}]",
              min=1, max=n_event_types, row_level=False),
         Rule("time_sorted", "in_set", "timestamps must be non-decreasing within a user", values=(True,), row_level=False),
@@ -256,6 +275,7 @@ def sequence_checks(part: "pa.Table", cuts: Cutoffs | None = None) -> pd.DataFra
         "has_valid": has(VALID),
         "min_item": per_user(items, np.minimum),
         "max_item": per_user(items, np.maximum),
+        "min_event_type": per_user(etypes, np.minimum),
         "max_event_type": per_user(etypes, np.maximum),
         "time_sorted": ~np.bincount(user_of[step_bad], minlength=len(n)).astype(bool),
         "split_ok": ~np.bincount(user_of[split_bad], minlength=len(n)).astype(bool) if len(split_bad) == len(items)
@@ -276,7 +296,7 @@ def sequence_checks_empty() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
         ("user_idx", "int32"), ("eval_users", "int64"), ("valid_users", "int64"), ("has_test", bool),
         ("has_valid", bool), ("min_item", "int64"),
-        ("max_item", "int64"), ("max_event_type", "int64"), ("time_sorted", bool), ("split_ok", bool),
+        ("max_item", "int64"), ("min_event_type", "int64"), ("max_event_type", "int64"), ("time_sorted", bool), ("split_ok", bool),
         ("lengths_ok", bool))})
 
 
@@ -329,9 +349,17 @@ def run_gx(ctx, table: str, df: pd.DataFrame, rules: list[Rule], with_docs: bool
     return next(iter(res.run_results.values()))
 
 
+def _gx_key(expectation_type: str, column: str | None) -> tuple[str, str | None]:
+    return expectation_type, column
+
+
 def outcomes_from_gx(result, rules: list[Rule], rows: int, file: str | None) -> list[ExpectationOutcome]:
+    """One outcome per rule, in the rules' order: GX does not keep the suite's order in its results,
+    so each result is matched to its rule by expectation type and column."""
+    by_key = {_gx_key(r.expectation_config.type, r.expectation_config.kwargs.get("column")): r for r in result.results}
     outs = []
-    for rule, r in zip(rules, result.results):
+    for rule in rules:
+        r = by_key[_gx_key(GX_NAMES[rule.kind], None if rule.kind == "rows_at_least" else rule.column)]
         res = r.result or {}
         unexpected = int(res.get("unexpected_count") or 0)
         count = res.get("element_count", rows) if rule.kind != "rows_at_least" else rows
@@ -345,7 +373,12 @@ def outcomes_from_gx(result, rules: list[Rule], rows: int, file: str | None) -> 
 def validate_frame(table: str, df: pd.DataFrame, rules: list[Rule], file: str | None) -> list[ExpectationOutcome]:
     """Run GX on one frame in this process (an ephemeral context, reused)."""
     res = run_gx(_ephemeral_context(), table, df, rules)
-    return outcomes_from_gx(res, rules, len(df), file)
+    outcomes = outcomes_from_gx(res, rules, len(df), file)
+    for o in outcomes:
+        if o.unexpected_count and o.rule.report_column and o.rule.report_column in df:
+            # a derived check column (e.g. _user_known) holds flags: show the user's offending values
+            o.sample = df.loc[o.rule.violations(df), o.rule.report_column].head(5).tolist()
+    return outcomes
 
 
 def merge_outcomes(parts: list[list[ExpectationOutcome]]) -> list[ExpectationOutcome]:
