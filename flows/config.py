@@ -2,7 +2,8 @@
 
 Loaded from YAML, then `--set dotted.key=value` overrides (values parsed as YAML scalars/lists),
 then Prefect parameters. Unknown keys are errors, not silently ignored. `check_paths` resolves and
-checks every path a configuration names before a run writes anything (rules: seqrec.paths).
+checks every path, address and file name a configuration names before a run writes anything (rules:
+seqrec.paths): a deployment's `config` parameter can set all of them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from seqrec.configtree import load_tree, validate_tree
 from seqrec.errors import ConfigError
-from seqrec.paths import PathsConfig, check_workdir, file_uri_path, input_path, output_path, resolve
+from seqrec.paths import (PathsConfig, check_name, check_uri, check_workdir, file_uri_path, input_path, output_path,
+                          resolve)
 from seqrec.servers import ServerConfig
 from models.net import ModelConfig
 from models.train import TrainConfig
@@ -87,13 +89,48 @@ def check_paths(config: PipelineConfig, workdir: str | Path) -> PipelineConfig:
         if cache.exists() and not cache.is_dir():
             raise ConfigError(f"data.cache_dir: {cache} must be a directory (a file is in the way)")
         data.cache_dir = str(cache)
-    tracking = config.tracking.model_copy()
-    uri = tracking.tracking_uri
-    if uri and uri.startswith("sqlite:///"):
-        db = output_path("tracking.tracking_uri", uri[len("sqlite:///"):], wd, roots, "file")
-        tracking.tracking_uri = f"sqlite:///{db}"
-    if tracking.artifact_location and (local := file_uri_path(tracking.artifact_location)) is not None:
-        tracking.artifact_location = str(output_path("tracking.artifact_location", local, wd, roots, "dir"))
+    tracking = check_tracking(config.tracking, wd, roots)
+    dask = config.dask.model_copy()
+    if dask.address:
+        check_uri("dask.address", dask.address, dask.allowed_schemes, dask.allowed_hosts,
+                  ("dask.allowed_schemes", "dask.allowed_hosts"), need_host=True)
+    if dask.local_directory:
+        dask.local_directory = str(output_path("dask.local_directory", dask.local_directory, wd, roots, "dir"))
+    for name, kind in WORKDIR_OUTPUTS.items():
+        output_path(f"<workdir>/{name}", str(wd / name), wd, roots, kind)
+    return config.model_copy(update={"data": data, "tracking": tracking, "dask": dask})
+
+
+# what seqrec writes in a work directory itself: a symlink there must not lead a writer elsewhere
+WORKDIR_OUTPUTS = {"data": "dir", "runs": "dir", "checkpoints": "dir", "prefect-results": "dir", "mlartifacts": "dir",
+                   "mlflow.db": "file", "registry": "dir", "scores": "dir", "dask-scratch": "dir"}
+
+
+def check_tracking(tracking: TrackingConfig, wd: Path, roots: list[Path]) -> TrackingConfig:
+    """The tracking section with its store, artifact root and registry directory checked: local ones
+    inside the work directory (or an allowed root), network ones on an allowed scheme and host."""
+    tracking = tracking.model_copy()
+    check_name("tracking.model_name", tracking.model_name)  # names score files and registry filters
+    if uri := tracking.tracking_uri:
+        scheme = check_uri("tracking.tracking_uri", uri, tracking.allowed_schemes, tracking.allowed_hosts,
+                           ("tracking.allowed_schemes", "tracking.allowed_hosts"))
+        if scheme == "sqlite":
+            if not uri.startswith("sqlite:///"):
+                raise ConfigError(f"tracking.tracking_uri: {uri!r}; rule: a SQLite store is sqlite:///<path of a file>")
+            db = output_path("tracking.tracking_uri", uri[len("sqlite:///"):], wd, roots, "file")
+            tracking.tracking_uri = f"sqlite:///{db}"
+        elif scheme == "file":
+            store = output_path("tracking.tracking_uri", file_uri_path(uri) or "", wd, roots, "dir")
+            tracking.tracking_uri = store.as_uri()
+    if loc := tracking.artifact_location:
+        if (local := file_uri_path(loc)) is not None:  # a path or a file: URI
+            if loc.startswith("file:") and "file" not in tracking.artifact_schemes:
+                raise ConfigError("tracking.artifact_location: scheme 'file' is not allowed; rule: one of "
+                                  f"{', '.join(tracking.artifact_schemes)} (tracking.artifact_schemes)")
+            tracking.artifact_location = str(output_path("tracking.artifact_location", local, wd, roots, "dir"))
+        else:
+            check_uri("tracking.artifact_location", loc, tracking.artifact_schemes, tracking.allowed_hosts,
+                      ("tracking.artifact_schemes", "tracking.allowed_hosts"))
     if tracking.registry_dir:
         tracking.registry_dir = str(output_path("tracking.registry_dir", tracking.registry_dir, wd, roots, "dir"))
-    return config.model_copy(update={"data": data, "tracking": tracking})
+    return tracking

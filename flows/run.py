@@ -19,7 +19,8 @@ from prefect import get_run_logger
 from flows.artifacts import summary_artifact
 from flows.config import PipelineConfig, check_paths
 from seqrec.errors import ConfigError, SeqrecError
-from seqrec.fsutil import stable_hash, write_json_atomic
+from seqrec.paths import check_name
+from seqrec.fsutil import write_json_atomic
 
 STAGES = ["ingest", "validate_raw", "preprocess", "validate_processed", "features", "train", "evaluate", "register",
           "compare", "promote"]
@@ -93,9 +94,9 @@ class PipelineRun:
 
     def __init__(self, config: PipelineConfig, workdir: str | Path, run_id: str | None, until: str | None,
                  refresh: bool) -> None:
-        from prefect.filesystems import LocalFileSystem
         from prefect.runtime import flow_run
 
+        from tasks.stages import result_storage
         from tasks.tracking import registry_dir
 
         if until is not None and until not in STAGES:
@@ -109,15 +110,16 @@ class PipelineRun:
             registry_dir(self.config.tracking, self.workdir)
         self.until = LAST_STAGE_OF.get(until or "", until)
         self.refresh = refresh
-        self.run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + str(flow_run.get_id() or "")[:6]
+        # a parameter that names a directory: runs/<run_id> must not climb out of runs/
+        self.run_id = check_name("run_id", run_id) if run_id else \
+            time.strftime("%Y%m%dT%H%M%S") + "-" + str(flow_run.get_id() or "")[:6]
         self.dir = self.workdir / "runs" / self.run_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self.summary = RunSummary(self.dir, self.run_id)
         self.summary.data["prefect"] = {"flow_run_id": str(flow_run.get_id()), "api_url": _api_url()}
         self.summary.save()
-        # cached results live with the work directory they describe (a saved block: Prefect requires it)
-        self.storage = LocalFileSystem(basepath=str(self.workdir / "prefect-results"))
-        self.storage.save(f"seqrec-results-{stable_hash(str(self.workdir), n=12)}", overwrite=True)
+        # cached results live with the work directory they describe; typed JSON only (tasks/stages.py)
+        self.storage = result_storage(self.workdir)
         self.t0 = time.perf_counter()
 
     def __enter__(self) -> "PipelineRun":

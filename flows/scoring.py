@@ -1,5 +1,6 @@
 """The scoring flow: batch top-k for every user the `champion` knows, written atomically to parquet
-under <workdir>/scores/. Composition only; the work is tasks.bundle.write_scores."""
+under <workdir>/scores/. Composition only; the work is tasks.bundle.write_scores. Its parameters are
+checked like the training flow's (flows.config.check_paths) before anything is written."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.config import PipelineConfig
+from flows.config import PipelineConfig, check_paths
+from seqrec.errors import ConfigError
 
 
 @task(name="score", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
@@ -41,6 +43,10 @@ def scoring_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".seq
     """Top-k recommendations for all known users from the registered model under `alias`."""
     from prefect.artifacts import create_markdown_artifact
 
+    # before anything is written: a deployment's parameters skip the CLI's check
+    config = check_paths(config, workdir)
+    if k < 1:
+        raise ConfigError(f"k={k}: must be >= 1")
     res = score_task(config, Path(workdir).resolve(), alias, k)
     get_run_logger().info("scored %d users with %s v%d in %.2fs -> %s", res["users"], res["model"], res["version"],
                           res["seconds"], res["path"])

@@ -4,6 +4,10 @@
 The Prefect server keeps its database in <workdir>/servers/prefect-home; the MLflow server serves
 the work directory's own store (<workdir>/mlflow.db, artifacts in <workdir>/mlartifacts), so the
 UI shows exactly the runs and versions that `seqrec run` records.
+
+A pid file records the started process's start time and command line with its pid: `stop` signals
+only that very process (a pid reused by another process, or a planted pid file, is reported stale
+and removed, nothing is signalled) and `status` counts only it as running.
 """
 
 from __future__ import annotations
@@ -56,16 +60,49 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _identity(pid: int) -> dict | None:
+    """What identifies a live process beyond its pid (pids are reused): its start time and command
+    line. None when it is gone (or a zombie)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return {"pid": pid, "create_time": p.create_time(), "cmdline": p.cmdline()}
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _record(d: Path, name: str, pid: int) -> None:
+    """The pid file: the pid with the identity of the process started, checked before any signal."""
+    ident = _identity(pid) or {"pid": pid, "create_time": None, "cmdline": None}
+    (d / f"{name}.pid").write_text(json.dumps(ident))
+
+
 def _pid(d: Path, name: str) -> int | None:
+    """The pid of the server this work directory started, if that very process still runs."""
+    return _verified(d, name)[0]
+
+
+def _verified(d: Path, name: str) -> tuple[int | None, str]:
+    """(pid, "") for our live server; (None, why) for no pid file, a dead pid, or a pid now used by
+    another process (the pid file outlived its server, or was written by someone else)."""
     f = d / f"{name}.pid"
     if not f.is_file():
-        return None
+        return None, "no pid file"
     try:
-        pid = int(f.read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (ValueError, ProcessLookupError, PermissionError):
-        return None
+        rec = json.loads(f.read_text())
+        pid = int(rec["pid"])
+    except (ValueError, TypeError, KeyError):
+        return None, f"unreadable pid file {f} (a plain pid from an older seqrec cannot be verified)"
+    now = _identity(pid)
+    if now is None:
+        return None, f"pid {pid} is not running"
+    if rec.get("cmdline") != now["cmdline"] or rec.get("create_time") is None \
+            or abs(float(rec["create_time"]) - now["create_time"]) > 0.5:
+        return None, f"pid {pid} is another process now ({' '.join(now['cmdline'])[:120]!r})"
+    return pid, ""
 
 
 def _commands(cfg: ServerConfig, workdir: Path) -> dict[str, list[str]]:
@@ -104,11 +141,8 @@ def start(cfg: ServerConfig, workdir: Path, log=print) -> dict:
         if _healthy(_health_url(name, u)):
             raise SeqrecError(f"{name}: something else already answers on {_health_url(name, u)}; "
                               f"choose another port (server.{name}_port)")
-        with open(d / f"{name}.log", "ab") as logf:
-            p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                 cwd=d, start_new_session=True)
-        (d / f"{name}.pid").write_text(str(p.pid))
-        log(f"{name}: started pid {p.pid}, log {d / f'{name}.log'}")
+        pid = _spawn(d, name, cmd, env)
+        log(f"{name}: started pid {pid}, log {d / f'{name}.log'}")
     (d / "servers.json").write_text(json.dumps({"urls": u, "config": cfg.model_dump()}, indent=2))
     deadline = time.monotonic() + cfg.start_timeout_s
     for name in NAMES:
@@ -121,11 +155,22 @@ def start(cfg: ServerConfig, workdir: Path, log=print) -> dict:
     return status(cfg, workdir)
 
 
+def _spawn(d: Path, name: str, cmd: list[str], env: dict[str, str]) -> int:
+    """Start `cmd` detached (its own session, so stop can signal its whole process group) and record it."""
+    with open(d / f"{name}.log", "ab") as logf:
+        p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                             cwd=d, start_new_session=True)
+    _record(d, name, p.pid)  # Popen returns after the exec: the identity is the server's, not ours
+    return p.pid
+
+
 def stop(cfg: ServerConfig, workdir: Path, log=print, timeout_s: float = 30) -> dict:
     d = server_dir(workdir)
     for name in NAMES:
-        pid = _pid(d, name)
+        pid, why = _verified(d, name)
         if pid is None:
+            if (d / f"{name}.pid").is_file():  # never signal a pid we cannot prove is our server
+                log(f"{name}: stale pid file removed, nothing signalled: {why}")
             (d / f"{name}.pid").unlink(missing_ok=True)
             continue
         os.killpg(pid, signal.SIGTERM)  # the whole session: uvicorn/gunicorn workers too

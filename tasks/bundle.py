@@ -251,16 +251,22 @@ class Scorer:
         s = self.scores(enc)[:, torch.as_tensor(col)]
         return s
 
-    def top_k(self, enc: Encoded, k: int, exclude_seen: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(B, k) item indices and scores, best first."""
+    def top_k(self, enc: Encoded, k: int, exclude_seen: bool | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, k') item indices and scores, best first, and per row how many of them are
+        recommendations (`n`): rankable items only, never padding, the unknown item, a seen item
+        when seen items are excluded, or a -inf/NaN score. k' = min(k, the most any row can rank);
+        a row's entries past its `n` are filler and must not be served."""
         s = self.scores(enc)
         if self.info["exclude_seen"] if exclude_seen is None else exclude_seen:
             rows = np.repeat(np.arange(len(enc.items)), [len(h) for h in enc.items])
             if len(rows):
                 s[torch.as_tensor(rows), torch.as_tensor(np.concatenate(enc.items))] = -torch.inf
-        k = max(1, min(k, self.n_items - ITEM_FIRST))
-        v, i = s.topk(k, dim=1)
-        return i.numpy(), v.numpy()
+        s = torch.nan_to_num(s, nan=-torch.inf, posinf=torch.finfo(s.dtype).max, neginf=-torch.inf)  # NaN: not rankable
+        rankable = (s > -torch.inf).sum(1).numpy()
+        k = min(k, int(rankable.max())) if len(rankable) else 0
+        v, i = s.topk(k, dim=1)  # -inf sorts last: a row's rankable items are its first entries
+        return i.numpy(), v.numpy(), np.minimum(rankable, k)
 
     def recommend(self, frame: pd.DataFrame, k: int = 10, batch_size: int = 256) -> pd.DataFrame:
         """Rows with `user_id` and/or `history` (list of item ids; optional `event_types`, `timestamps`)
@@ -292,10 +298,11 @@ class Scorer:
                     enc = self.encode([list(hists[i]) for i in sel], [users[i] if _present(users[i]) else ""
                                                                      for i in sel],
                                       _optional_lists(frame, "event_types", sel), _optional_lists(frame, "timestamps", sel))
-                top_i, top_v = self.top_k(enc, int(ks[sel].max()))
+                top_i, top_v, top_n = self.top_k(enc, int(ks[sel].max()))
                 for j, i in enumerate(sel):
-                    out_items[i] = [str(x) for x in self.item_ids[top_i[j, : ks[i]]]]
-                    out_scores[i] = [float(x) for x in top_v[j, : ks[i]]]
+                    m = min(ks[i], top_n[j])
+                    out_items[i] = [str(x) for x in self.item_ids[top_i[j, :m]]]
+                    out_scores[i] = [float(x) for x in top_v[j, :m]]
         for i in np.flatnonzero(source == "popular"):
             top = self.popular[: ks[i]]
             out_items[i] = [str(x) for x in self.item_ids[top]]
@@ -309,12 +316,13 @@ class Scorer:
         parts = []
         for lo in range(0, n, batch_size):
             rows = np.arange(lo, min(n, lo + batch_size))
-            top_i, top_v = self.top_k(self.stored(rows), k)
-            kk = top_i.shape[1]
-            parts.append(pd.DataFrame({"user_id": np.repeat(self.hist_index[rows].to_numpy(), kk),
-                                       "rank": np.tile(np.arange(1, kk + 1, dtype=np.int32), len(rows)),
-                                       "item_id": self.item_ids[top_i.ravel()].astype(str),
-                                       "score": top_v.ravel().astype(np.float32)}))
+            top_i, top_v, top_n = self.top_k(self.stored(rows), k)
+            served = np.arange(top_i.shape[1])[None, :] < top_n[:, None]  # each row's recommendations
+            parts.append(pd.DataFrame({"user_id": np.repeat(self.hist_index[rows].to_numpy(), top_n),
+                                       "rank": np.broadcast_to(np.arange(1, top_i.shape[1] + 1, dtype=np.int32),
+                                                               top_i.shape)[served],
+                                       "item_id": self.item_ids[top_i[served]].astype(str),
+                                       "score": top_v[served].astype(np.float32)}))
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
             {"user_id": [], "rank": [], "item_id": [], "score": []})
 

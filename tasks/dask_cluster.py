@@ -24,6 +24,12 @@ class DaskConfig(BaseModel):
     local_directory: str | None = Field(None, description="spill directory; default <workdir>/dask-scratch")
     task_runner: Literal["dask", "threads"] = Field("dask", description="where the flow's stage tasks run: "
                                                     "Prefect's DaskTaskRunner on this cluster, or the flow's threads")
+    # a scheduler runs what the client sends and the client unpickles what comes back: `address` may
+    # only name these (checked by flows.config.check_paths before a run starts)
+    allowed_schemes: list[str] = Field(["tcp", "tls"], description="schemes `address` may use (not inproc/ucx/ws)")
+    allowed_hosts: list[str] = Field(["127.0.0.1", "localhost", "dask-scheduler", "seqrec-dask-scheduler.seqrec.svc"],
+                                     description="hosts `address` may name: loopback and the schedulers of infra/ "
+                                                 "(docker-compose, k8s)")
 
 
 @contextlib.contextmanager

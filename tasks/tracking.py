@@ -43,6 +43,15 @@ class TrackingConfig(BaseModel):
     http_timeout_s: int = Field(30, ge=1, description="timeout of one request to a tracking server")
     sqlite_wait_s: float = Field(600, ge=0, description="keep retrying a call that found the SQLite store locked "
                                                        "by another run this long (MLflow itself waits 20 s per call)")
+    # the store holds the registered model code that serving runs: tracking_uri / artifact_location
+    # may only name these (checked by flows.config.check_paths before a run starts)
+    allowed_schemes: list[str] = Field(["sqlite", "file", "http", "https"],
+                                       description="schemes tracking_uri may use (local paths stay in the work directory)")
+    artifact_schemes: list[str] = Field(["file", "mlflow-artifacts"],
+                                        description="schemes artifact_location may use (mlflow-artifacts: via the server)")
+    allowed_hosts: list[str] = Field(["127.0.0.1", "localhost", "mlflow", "mlflow.seqrec.svc"],
+                                     description="hosts a network tracking_uri / artifact_location may name: loopback "
+                                                 "and the MLflow servers of infra/ (docker-compose, k8s)")
 
 
     @field_validator("tracking_uri")
