@@ -14,7 +14,7 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="seqrec: multi-view sequential recommender pipeline (Prefect + Dask + GX + torch + MLflow).")
-data_app = typer.Typer(no_args_is_help=True, help="Fetch or generate datasets.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect your own logs, fetch or generate datasets.")
 app.add_typer(data_app, name="data")
 
 STAGE_HELP = ("stop after this stage: ingest, validate_raw, preprocess, validate_processed, features, train, evaluate, "
@@ -29,6 +29,9 @@ def _env_defaults() -> None:
     # the ephemeral Prefect server's 20 s start-up budget ran out on a busy 2-core machine (CI,
     # during the test suite): a run should wait for its own server, not fail
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # a user error is one clear line on the console (seqrec/logfilter.py); Dask workers inherit both
+    os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(Path(__file__).with_name("logging.yml")))
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     import logging
 
     for name in ("great_expectations", "distributed", "distributed.scheduler", "distributed.nanny"):
@@ -58,8 +61,11 @@ def run(
     summary_json: Annotated[Optional[Path], typer.Option(help="write the run summary (JSON) here")] = None,
     until: Annotated[Optional[str], typer.Option(help=STAGE_HELP)] = None,
     refresh: Annotated[bool, typer.Option(help="recompute cached pure stages (preprocess, features)")] = False,
+    debug: Annotated[bool, typer.Option(help="also show the tracebacks of bad-input and config errors")] = False,
 ) -> None:
     """Run the training flow (a Prefect flow run; an ephemeral Prefect server unless PREFECT_API_URL is set)."""
+    if debug:
+        os.environ["SEQREC_DEBUG"] = "1"
     _env_defaults()
     from flows.config import load_config
     from seqrec.errors import SeqrecError
@@ -420,6 +426,57 @@ def serve(
     typer.echo(f"serving seqrec-training/seqrec-training and seqrec-scoring/seqrec-scoring on {api} "
                f"(work directory {wd})")
     prefect_serve(*deployments)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    events: Annotated[str, typer.Option(help="events: a file, directory or glob (parquet, CSV/TSV, JSON Lines; .gz/.zst)")],
+    users: Annotated[Optional[str], typer.Option(help="users table: file, directory or glob")] = None,
+    items: Annotated[Optional[str], typer.Option(help="items table: file, directory or glob")] = None,
+    max_rows: Annotated[int, typer.Option(min=1, help="read at most this many rows per table")] = 2_000_000,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """What the pipeline would see in your files (columns, roles, units, nulls, ids, time span, repeats)
+    and the config that reads them. Writes nothing."""
+    import yaml
+
+    from seqrec.errors import SeqrecError
+    from tasks.inspect import inspect
+
+    try:
+        rep = inspect(events, users, items, max_rows)
+    except SeqrecError as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(rep.model_dump_json(indent=2))
+        return
+    from rich.table import Table
+
+    con = _console()
+    for t in rep.tables:
+        tab = Table(title=f"{t.table}: {t.rows} rows{' (sampled)' if t.sampled else ''} from {len(t.files)} file(s), "
+                          f"{', '.join(t.formats)}")
+        for col in ("column", "type", "role", "nulls", "distinct", "examples"):
+            tab.add_column(col)
+        for c in t.columns:
+            tab.add_row(c.name, c.dtype, c.role or "", f"{c.null_fraction:.1%}", str(c.distinct), ", ".join(c.examples))
+        con.print(tab)
+    p = rep.profile
+    if p:
+        con.print(f"events {p.events}, users {p.users}, items {p.items}; events per user median {p.events_per_user_median:g} "
+                  f"(mean {p.events_per_user_mean:.1f}), per item median {p.events_per_item_median:g}; "
+                  f"{p.users_with_3_or_more_events:.0%} of users have 3+ events", highlight=False)
+        con.print(f"time: {p.timestamp_kind}{f' ({p.timestamp_unit})' if p.timestamp_unit else ''}, "
+                  f"{p.time_min_utc} .. {p.time_max_utc} UTC; repeats: {p.repeat_rate:.1%} of events revisit an item "
+                  f"({p.consecutive_repeat_rate:.1%} the previous one)", highlight=False)
+        if p.event_types:
+            con.print("event types: " + ", ".join(f"{k} {v}" for k, v in p.event_types.items())
+                      + (f"; {p.null_event_types} null (read as data.null_event_type)" if p.null_event_types else ""),
+                      highlight=False)
+    for problem in rep.problems:
+        con.print(f"[bold yellow]note:[/] {problem}", highlight=False)
+    con.print("\n[bold]config[/] (save as my-data.yaml, then `seqrec run -c my-data.yaml`):")
+    con.print(yaml.safe_dump(rep.config, sort_keys=False), highlight=False, markup=False)
 
 
 @data_app.command("fetch")

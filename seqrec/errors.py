@@ -20,11 +20,13 @@ class DataContractError(SeqrecError):
         rule: str,
         sample: Iterable[Any] | None = None,
         count: int | None = None,
+        shortened: bool = False,
     ) -> None:
         self.file = file
         self.column = column
         self.rule = rule
-        self.sample = [_short(v) for v in list(sample or [])[:5]]
+        # values as short reprs (a string shows its quotes, so '' and ' a' stay visible), shortened once
+        self.sample = list(sample or [])[:5] if shortened else [_short(v) for v in list(sample or [])[:5]]
         self.count = count
         super().__init__(self._message())
 
@@ -33,11 +35,11 @@ class DataContractError(SeqrecError):
         if self.count is not None:
             parts.append(f"offending rows: {self.count}")
         if self.sample:
-            parts.append(f"sample: {self.sample}")
+            parts.append(f"sample: {', '.join(self.sample)}")
         return "data contract violated; " + "; ".join(parts)
 
     def __reduce__(self):  # survive pickling across Dask worker processes
-        return (self.__class__, (self.file, self.column, self.rule, self.sample, self.count))
+        return (self.__class__, (self.file, self.column, self.rule, self.sample, self.count, True))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,6 @@ class ConfigError(SeqrecError):
     """The pipeline configuration is invalid (unknown key, bad value, bad path)."""
 
 
-def _short(v: Any) -> Any:
+def _short(v: Any) -> str:
     s = repr(v)
     return s if len(s) <= 60 else s[:57] + "..."

@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from seqrec.encoding import normalise_label
 from seqrec.errors import DataContractError, SeqrecError
 from seqrec.fsutil import atomic_dir, file_digest, stable_hash, write_json_atomic
-from validation.contract import SUPPORTED, EventFormat, TimestampUnit, file_format, read_tables, type_entities
+from validation.contract import (SUPPORTED, EventFormat, TimestampUnit, file_format, map_columns, read_tables,
+                                 type_entities)
 
 RECBOLE_PIN = "recbole==1.2.1"
 # SHA-256 of the MovieLens-100K files inside recbole-1.2.1-py3-none-any.whl (measured once).
@@ -129,16 +130,25 @@ class ResolvedInputs(BaseModel):
             return None, None
         label = files[0] if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} files)"
         s = self.schema_
+        key = "user_id" if which == "users" else "item_id"
+        df = keyed(read_tables(files), key, getattr(self.columns, key), label)
         if which == "users":
-            return type_entities(read_tables(files), "user_id", label, s.user_categorical, s.user_numeric, [], []), label
-        return (type_entities(read_tables(files), "item_id", label, s.item_categorical, s.item_numeric, s.item_text,
-                              s.item_multi), label)
+            return type_entities(df, key, label, s.user_categorical, s.user_numeric, [], []), label
+        return type_entities(df, key, label, s.item_categorical, s.item_numeric, s.item_text, s.item_multi), label
 
     def reading_rules(self) -> dict:
         """The declared reading rules that change what is read, for the data version (defaults left
         out, so versions from before the rules existed keep their hash)."""
         return {k: v for k, v in (("timestamp_unit", self.timestamp_unit), ("null_event_type", self.null_event_type))
                 if v != ResolvedInputs.model_fields[k].default}
+
+
+def keyed(df: pd.DataFrame, key: str, mapped: str, file: str) -> pd.DataFrame:
+    """A users/items table keyed by the contract's name: `data.columns.user_id/item_id` names the key
+    there too when the table has that column (and then wins over a column already called `key`)."""
+    if mapped != key and mapped in df.columns:
+        return map_columns(df, {key: mapped}, file, (key,))
+    return df
 
 
 ML100K_SCHEMA = AttributeSchema(

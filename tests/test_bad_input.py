@@ -81,7 +81,7 @@ def case_event_type_filter_matches_nothing(tmp):
 
 def case_unknown_user_names_the_ids(tmp):
     pd.DataFrame({"user_id": ["a", "b"]}).to_csv(tmp / "users.csv", index=False)
-    return run_cfg(_events(tmp), users=str(tmp / "users.csv")), "user_id", """sample: ["'c'", "'c'", "'c'"]"""
+    return run_cfg(_events(tmp), users=str(tmp / "users.csv")), "user_id", "sample: 'c', 'c', 'c'"
 
 
 def case_very_long_id(tmp):
@@ -320,3 +320,22 @@ def test_quarantine_with_an_items_table(tmp_path, prefect_harness, cache_dir):
                   validation__mode="quarantine", validation__max_quarantine_fraction=0.01)
     out = training_flow(config=cfg, workdir=str(tmp_path / "wd"), run_id="qi", until="preprocess")
     assert out["status"] == "completed" and out["drops"]["quarantined"] == 1
+
+
+def test_a_data_contract_failure_is_one_clear_line_on_the_console(tmp_path, cache_dir):
+    """`seqrec run` on a bad file: the command's one line names file, column, rule and sample; no
+    traceback and no repeats from the engine unless --debug asks for them."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "events.csv"
+    path.write_text("user_id,item_id,timestamp\na,x,1000000000\nb,y,yesterday\n")
+    seqrec = Path(sys.executable).with_name("seqrec")
+    cmd = [str(seqrec), "run", "--workdir", str(tmp_path / "wd"), "--set", "data.source=files",
+           "--set", f"data.events={path}", "--set", "dask.processes=false"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    log = out.stdout + out.stderr
+    assert "Traceback" not in log, log
+    assert log.count("offending rows") == 1, log
+    assert "run failed at stage validate_raw" in log and "column: timestamp" in log and "sample: 'yesterday'" in log

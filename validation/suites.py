@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,12 +296,14 @@ def merge_sequence_checks(parts: list[pd.DataFrame]) -> pd.DataFrame:
 def sequence_checks_empty() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
         ("user_idx", "int32"), ("eval_users", "int64"), ("valid_users", "int64"), ("has_test", bool),
-        ("has_valid", bool), ("min_item", "int64"),
-        ("max_item", "int64"), ("min_event_type", "int64"), ("max_event_type", "int64"), ("time_sorted", bool), ("split_ok", bool),
-        ("lengths_ok", bool))})
+        ("has_valid", bool), ("min_item", "int64"), ("max_item", "int64"), ("min_event_type", "int64"),
+        ("max_event_type", "int64"), ("time_sorted", bool), ("split_ok", bool), ("lengths_ok", bool))})
 
 
 # --------------------------------------------------------------------------- running
+
+
+_GX_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -371,8 +374,11 @@ def outcomes_from_gx(result, rules: list[Rule], rows: int, file: str | None) -> 
 
 
 def validate_frame(table: str, df: pd.DataFrame, rules: list[Rule], file: str | None) -> list[ExpectationOutcome]:
-    """Run GX on one frame in this process (an ephemeral context, reused)."""
-    res = run_gx(_ephemeral_context(), table, df, rules)
+    """Run GX on one frame in this process (an ephemeral context, reused). The context's stores are not
+    thread-safe (two pieces validated on two threads of one Dask worker corrupt its suite store), so
+    one frame at a time per process."""
+    with _GX_LOCK:
+        res = run_gx(_ephemeral_context(), table, df, rules)
     outcomes = outcomes_from_gx(res, rules, len(df), file)
     for o in outcomes:
         if o.unexpected_count and o.rule.report_column and o.rule.report_column in df:
