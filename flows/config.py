@@ -30,6 +30,13 @@ from tasks.train import EvalConfig
 from validation.config import ValidationConfig
 
 
+# SASRec-CE's training (Klenitskiy & Vasilev 2023): Adam (AdamW without decay), lr 1e-3, batch 128,
+# a constant rate, early stopping on validation (train.patience)
+TRAIN_PRESETS: dict[str, dict] = {
+    "sasrec-ce": {"lr": 1e-3, "batch_size": 128, "weight_decay": 0.0, "schedule": "constant", "warmup_epochs": 0.0},
+}
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seed: int = 0
@@ -50,6 +57,15 @@ class PipelineConfig(BaseModel):
     def _ab_baseline_is_evaluated(self) -> "PipelineConfig":
         if self.ab.baseline not in self.eval.baselines:
             raise ValueError(f"ab.baseline '{self.ab.baseline}' must be one of eval.baselines {self.eval.baselines}")
+        return self
+
+    @model_validator(mode="after")
+    def _preset_trains_as_published(self) -> "PipelineConfig":
+        """`model.preset` also sets the training its authors used, where train.* is not set explicitly."""
+        want = TRAIN_PRESETS.get(self.model.preset or "", {})
+        unset = {k: v for k, v in want.items() if k not in self.train.model_fields_set}
+        if unset:
+            self.train = self.train.model_copy(update=unset)
         return self
 
     @model_validator(mode="after")

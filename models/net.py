@@ -33,14 +33,41 @@ from models.transitions import (TransitionTables, checked_tables, transition_log
 from seqrec.encoding import ITEM_FIRST  # item indices 0 (padding) and 1 (unknown) are never predicted
 
 
+# The strongest simple baseline of the literature as a configuration of this network: SASRec trained
+# with cross-entropy over all items at every position (Klenitskiy & Vasilev, "Turning Dross Into Gold
+# Loss: is BERT4Rec really better than SASRec?", RecSys 2023): 2 self-attention blocks, 1 head, d=64,
+# dropout 0.1, item ids only (no views, no event-type or time-gap inputs, no auxiliary heads), the
+# input item embeddings scoring the output. Its training settings (Adam 1e-3, batch 128, constant
+# rate) are applied by flows/config.py's PipelineConfig when `model.preset=sasrec-ce`.
+PRESETS: dict[str, dict] = {
+    "sasrec-ce": {"encoder": "transformer", "layers": 2, "heads": 1, "dim": 64, "dropout": 0.1, "attn_dropout": 0.1,
+                  "item_view": False, "user_view": False, "user_history": False, "attr_task": False,
+                  "engage_task": False, "repeat_bias": False, "next_loss": "full", "mixtures": 1,
+                  "transition_lags": 0, "side_inputs": False},
+}
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_fills_what_is_not_set(cls, data):
+        if isinstance(data, dict) and data.get("preset") is not None:
+            if data["preset"] not in PRESETS:
+                return data  # the field's own validation names the allowed presets
+            return {**PRESETS[data["preset"]], **data}
+        return data
 
     @model_validator(mode="after")
     def _history_is_part_of_the_user_view(self) -> "ModelConfig":
         if self.user_history and not self.user_view:
             raise ValueError("model.user_history=true is part of the user view: it needs model.user_view=true")
         return self
+    preset: Literal["sasrec-ce"] | None = Field(
+        None, description="a named configuration (settings given explicitly still win): sasrec-ce = SASRec with "
+                          "full cross-entropy, the reference baseline (models/net.py PRESETS)")
+    side_inputs: bool = Field(True, description="add each event's type and time-gap embeddings to its input")
     # defaults chosen on ml-100k *validation* NDCG@10 (BENCHMARKS.md, "model selection")
     encoder: Literal["lstm", "transformer", "hybrid"] = "lstm"
     dim: int = Field(64, ge=8)
@@ -103,8 +130,8 @@ class SeqRecNet(nn.Module):
         super().__init__()
         self.cfg, self.n_items, d = cfg, n_items, cfg.dim
         self.items = ItemEncoder(n_items, d, items if cfg.item_view else None)
-        self.etype = side_embedding(n_event_types, d)
-        self.gap = side_embedding(n_gap_buckets, d)
+        self.etype = side_embedding(n_event_types, d) if cfg.side_inputs else None
+        self.gap = side_embedding(n_gap_buckets, d) if cfg.side_inputs else None
         self.pos = side_embedding(cfg.max_len, d, padding=False)
         self.in_norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
@@ -143,7 +170,9 @@ class SeqRecNet(nn.Module):
         table = self.items.table() if table is None else table
         L = seq.shape[1]
         pos = torch.arange(L, device=seq.device).unsqueeze(0)
-        x = table[seq] + self.etype(etype) + self.gap(gap) + self.pos(pos + (self.cfg.max_len - L))
+        x = table[seq] + self.pos(pos + (self.cfg.max_len - L))
+        if self.etype is not None and self.gap is not None:
+            x = x + self.etype(etype) + self.gap(gap)
         x = self.drop(self.in_norm(x))
         if self.lstm is not None:
             x = self.drop(self.lstm(x)[0])
