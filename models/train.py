@@ -1,6 +1,7 @@
-"""Training loop: AdamW, warm-up + cosine, clipping, early stopping on validation NDCG@10,
-an atomic checkpoint every epoch and resume from it, seeds, thread count, CUDA + bf16 autocast,
-and the same loop data-parallel over torchrun processes (models/distributed.py)."""
+"""Training loop: AdamW, warm-up + cosine (laid over the epochs that fit in `max_seconds` when one is
+set), clipping, early stopping on validation NDCG@10, an atomic checkpoint every epoch and resume
+from it, seeds, thread count, CUDA + bf16 autocast, and the same loop data-parallel over torchrun
+processes (models/distributed.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +43,9 @@ class TrainConfig(BaseModel):
     schedule: Literal["cosine", "constant"] = "cosine"
     clip_norm: float = 1.0
     patience: int = Field(8, ge=1, description="epochs without validation NDCG@10 improvement")
-    max_seconds: float | None = Field(None, description="stop training after this wall time")
+    max_seconds: float | None = Field(None, description="training time budget (validation excluded): the warm-up + "
+                                                    "decay is laid out over the epochs that fit in it, and no epoch "
+                                                    "starts that the estimate says cannot finish")
     window_stride: int | None = Field(None, ge=1, description="overlap training windows (default: max_len, no overlap)")
     threads: int = Field(2, ge=1, description="torch.set_num_threads on CPU, split across `processes`")
     processes: int = Field(1, ge=1, description="data-parallel training processes on this machine (torchrun + "
@@ -96,6 +100,75 @@ def _lr_factor(step: int, total: int, warm: int, schedule: str) -> float:
     if schedule == "constant":
         return 1.0
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+# a time budget that cuts the run short caps the warm-up at this share of the steps that fit in it
+BUDGET_WARMUP_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class LRPlan:
+    """The learning-rate schedule of a run with a time budget (`train.max_seconds`), laid out again
+    at every epoch boundary from where the run is (`replan`), since how many epochs fit in the
+    budget is known only once epochs have been timed.
+
+    From step `start`: a linear ramp from `ramp_from` to the peak ending at step `warm_end`, then
+    cosine decay whose progress goes from `decay_from` to 1 at step `total`. Re-planning keeps the
+    learning rate continuous once the decay has started: it never rises again, the decay only gets
+    steeper or flatter. The plan at step 0 (`initial`) is `_lr_factor` exactly."""
+
+    start: int
+    ramp_from: float
+    warm_end: int
+    decay_from: float
+    total: int
+    schedule: str
+
+    @classmethod
+    def initial(cls, total: int, warm: int, schedule: str) -> LRPlan:
+        return cls(0, 0.0, warm, 0.0, total, schedule)
+
+    def progress(self, step: int) -> float:
+        """Cosine progress in [0, 1] at `step` (0 during the warm-up)."""
+        if step < self.warm_end:
+            return 0.0
+        d0 = max(self.warm_end, self.start)
+        return self.decay_from + (1 - self.decay_from) * min(1.0, (step - d0) / max(1, self.total - d0))
+
+    def factor(self, step: int) -> float:
+        if step < self.warm_end:
+            return self.ramp_from + (1 - self.ramp_from) * (step - self.start + 1) / (self.warm_end - self.start)
+        if self.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * self.progress(step)))
+
+    def replan(self, step: int, total: int, warm: int) -> LRPlan:
+        """The plan from `step` on, ending at `total`, warm-up ending at `warm` if still warming up.
+        A warm-up that should already have ended ends now (the next step is at the peak)."""
+        if step < self.warm_end:  # the ramp goes on from the current rate to the (possibly moved) peak
+            if warm > step:
+                return LRPlan(step, self.factor(step - 1) if step > 0 else 0.0, warm, 0.0, total, self.schedule)
+            return LRPlan(step, 1.0, step, 0.0, total, self.schedule)
+        return LRPlan(step, 1.0, self.warm_end, self.progress(step), total, self.schedule)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def budgeted_epochs(planned: int, done: int, elapsed_s: float, max_seconds: float, epoch_s: float) -> int:
+    """Epochs the run will have trained when the budget runs out: the `done` ones plus those the
+    estimate `epoch_s` says can still finish within `max_seconds`, at most `planned`."""
+    left = max_seconds - elapsed_s
+    more = planned - done if epoch_s <= 0 else int(max(0.0, left) // epoch_s)
+    return max(done, min(planned, done + more))
+
+
+def budget_warmup(configured: int, total: int, planned_total: int) -> int:
+    """Warm-up steps: as configured, but at most BUDGET_WARMUP_SHARE of the steps when the budget
+    cuts the run short, so that a short budget is not all warm-up."""
+    if total >= planned_total:
+        return configured
+    return max(1, min(configured, int(BUDGET_WARMUP_SHARE * total)))
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -158,6 +231,10 @@ class Trainer:
         self.best_state: dict | None = None
         self.start_epoch = 0
         self.train_seconds = 0.0
+        # the learning-rate plan of a run with a time budget (None: the fixed schedule, `_lr_factor`);
+        # a checkpoint of a budgeted run brings its plan along, so a resume continues it
+        self.plan: LRPlan | None = None
+        self.clock = time.perf_counter  # training time; a test may drive it
         # resuming another job's state (an explicit --ckpt-dir shared by two configs) would silently
         # continue a different run
         self.job = json.dumps(TrainJob(data=data, model=net.cfg, train=cfg, seed=seed,
@@ -170,6 +247,8 @@ class Trainer:
                  "history": self.history, "best": self.best, "best_state": self.best_state,
                  "train_seconds": self.train_seconds, "torch_rng": rank_rng[0],
                  "np_rng": np_state[1].tolist(), "np_pos": int(np_state[2]), "job": self.job}
+        if self.plan is not None:
+            state["lr_plan"] = self.plan.as_dict()
         if self.dist.active:
             state["torch_rng_ranks"] = rank_rng
         return state
@@ -195,6 +274,8 @@ class Trainer:
         self.opt.load_state_dict(st["opt"])
         self.history, self.best, self.best_state = st["history"], st["best"], st["best_state"]
         self.train_seconds = st["train_seconds"]
+        if st.get("lr_plan"):
+            self.plan = LRPlan(**st["lr_plan"])
         ranks = st.get("torch_rng_ranks") or [st["torch_rng"]]
         if self.dist.rank < len(ranks):
             torch.set_rng_state(ranks[self.dist.rank].cpu())
@@ -213,15 +294,28 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg = self.cfg
-        total = cfg.epochs * self.steps_per_epoch
-        warm = max(1, int(cfg.warmup_epochs * self.steps_per_epoch))
+        spe = self.steps_per_epoch
+        total = cfg.epochs * spe
+        warm = max(1, int(cfg.warmup_epochs * spe))
         n = len(self.windows["seq"])
         autocast = self.device.type == "cuda" and cfg.bf16
         stale = sum(1 for h in self.history if h["epoch"] > self.best["epoch"])
+        # A time budget re-lays the schedule after every epoch over the epochs that fit in it (LRPlan).
+        # Every input is the same on every rank (rank 0's clock, broadcast), so DDP ranks agree on the
+        # budgeted epochs, the learning rate and the epoch they stop after without another collective.
+        if cfg.max_seconds and self.plan is None:
+            self.plan = LRPlan.initial(total, warm, cfg.schedule)
+        times: list[float] = []  # this process's epoch times: a resumed run may run on other hardware
+        last = self.history[-1] if self.history else {}  # a resumed run's decisions until it has its own
+        budget, epoch_s = last.get("budgeted_epochs", cfg.epochs), last.get("epoch_seconds_est", 0.0)
         for epoch in range(self.start_epoch, cfg.epochs):
             if stale >= cfg.patience or (cfg.max_seconds and self.train_seconds >= cfg.max_seconds):
                 break
-            t0 = time.perf_counter()
+            if cfg.max_seconds and times and epoch >= budget:  # the estimate says it would not finish
+                self.log(f"time budget: stopping after epoch {epoch} ({self.train_seconds:.1f}s of "
+                         f"{cfg.max_seconds:g}s trained, an epoch takes ~{epoch_s:.1f}s)")
+                break
+            t0 = self.clock()
             self.net.train()
             g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
             perm = torch.randperm(n, generator=g)  # the same on every rank: ranks take disjoint shares
@@ -230,7 +324,8 @@ class Trainer:
                 batch = self._batch(ddp.shard(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], self.dist))
                 step = epoch * self.steps_per_epoch + b
                 for grp in self.opt.param_groups:
-                    grp["lr"] = cfg.lr * _lr_factor(step, total, warm, cfg.schedule)
+                    grp["lr"] = cfg.lr * (self.plan.factor(step) if self.plan is not None
+                                          else _lr_factor(step, total, warm, cfg.schedule))
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                     losses = self.model(batch, self.log_q)
                 self.opt.zero_grad(set_to_none=True)
@@ -242,11 +337,21 @@ class Trainer:
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
             # rank 0's clock for everyone, so `max_seconds` stops every rank after the same epoch
-            self.train_seconds = ddp.broadcast(self.train_seconds + time.perf_counter() - t0, self.dist)
+            before = self.train_seconds
+            self.train_seconds = ddp.broadcast(self.train_seconds + self.clock() - t0, self.dist)
+            times.append(self.train_seconds - before)
             sums = ddp.mean_over_ranks(sums, self.dist)
             val = self.evaluate(self.valid, self.exclude_seen)[0] if (epoch + 1) % cfg.eval_every == 0 else {}
             rec: dict[str, Any] = {"epoch": epoch, "elapsed_s": round(self.train_seconds, 3),
-                   "loss": {k: v / self.steps_per_epoch for k, v in sums.items()}, "validation": val}
+                   "loss": {k: v / self.steps_per_epoch for k, v in sums.items()}, "validation": val,
+                   "lr": self.opt.param_groups[0]["lr"]}  # the rate of the epoch's last step
+            if self.plan is not None:
+                # epoch 1 carries one-off costs (allocation, compilation): later epochs estimate without it
+                epoch_s = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else times[0]
+                budget = (budgeted_epochs(cfg.epochs, epoch + 1, self.train_seconds, cfg.max_seconds, epoch_s)
+                          if cfg.max_seconds else cfg.epochs)
+                self.plan = self.plan.replan((epoch + 1) * spe, budget * spe, budget_warmup(warm, budget * spe, total))
+                rec["budgeted_epochs"], rec["epoch_seconds_est"] = budget, round(epoch_s, 3)
             self.history.append(rec)
             if val and val["ndcg@10"] > self.best["ndcg@10"]:
                 self.best = {"epoch": epoch, "ndcg@10": val["ndcg@10"]}
@@ -257,12 +362,18 @@ class Trainer:
             if cfg.progress:
                 self.log(f"epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']['total']:.4f} "
                          f"val ndcg@10 {val.get('ndcg@10', float('nan')):.4f} hr@10 {val.get('hr@10', float('nan')):.4f} "
-                         f"[{self.train_seconds:.1f}s]")
+                         f"[{self.train_seconds:.1f}s]"
+                         + (f" lr {rec['lr']:.3g}, budget {budget} epochs of ~{epoch_s:.1f}s" if self.plan else ""))
             self._checkpoint(epoch)
         if self.best_state is not None:
             self.net.load_state_dict(self.best_state)
-        return {"best_epoch": self.best["epoch"], "best_validation_ndcg@10": self.best["ndcg@10"],
-                "train_seconds": round(self.train_seconds, 3), "epochs_run": len(self.history)}
+        out: dict[str, Any] = {"best_epoch": self.best["epoch"], "best_validation_ndcg@10": self.best["ndcg@10"],
+                               "train_seconds": round(self.train_seconds, 3), "epochs_run": len(self.history)}
+        if self.plan is not None:  # what the time budget decided (the last estimate), for the run summary
+            out.update({"budgeted_epochs": budget, "epoch_seconds_est": round(epoch_s, 3),
+                        "warmup_steps": self.plan.warm_end,
+                        "final_lr": self.history[-1]["lr"] if self.history else None})
+        return out
 
     def _check_finite(self, what: str, value: torch.Tensor, epoch: int, step: int, losses: dict) -> None:
         """A non-finite loss or gradient stops the run: continuing would keep a 'best' epoch of a model
