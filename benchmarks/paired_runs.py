@@ -49,7 +49,8 @@ def run_arm(data: Path, sets: list[str], seed: int, root: Path) -> dict:
     tr = train(data, views, cfg.model, cfg.train.model_copy(update={"progress": False}), seed, run,
                log=lambda m: None, exclude_seen=ecfg.exclude_seen, item_chunk=ecfg.item_chunk)
     ev = evaluate(data, views, cfg.model, cfg.train, ecfg, Path(tr["model_path"]), run)
-    r = {"seed": seed, "sets": sets, "test": ev["test"]["ndcg@10"], "val": tr["best_validation_ndcg@10"],
+    r = {"seed": seed, "sets": sets, "test": ev["test"]["ndcg@10"], "test_hr": ev["test"]["hr@10"],
+         "val": tr["best_validation_ndcg@10"],
          "epochs": tr["epochs_run"], "train_s": tr["train_seconds"], "wall_s": round(time.perf_counter() - t, 1),
          "exclude_seen": protocol["exclude_seen"],
          "baselines": {k: v["test"]["ndcg@10"] for k, v in ev["baselines"].items()}}
