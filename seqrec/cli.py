@@ -504,22 +504,59 @@ def data_fetch(
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Option(help="output directory (events/, users.parquet, items.parquet)")],
-    users: int = typer.Option(2000, min=1),
-    items: int = typer.Option(500, min=2),
-    events: int = typer.Option(100_000, min=1),
-    seed: int = typer.Option(0),
+    shape: Annotated[Optional[str], typer.Option(
+        help="benchmark shape that sets the options below (the ones given win): default; sparse-longtail "
+             "(50k users, 50k items, 500k events, median 6 events per user (at most 500), zipf 1.1, follow 0.2, "
+             "new session 0.3, starts within 180 days, no side information); dense-successors (2k users, 1k items, "
+             "200k events, follow 0.8)")] = None,
+    users: Annotated[Optional[int], typer.Option(min=1, help="users (default: 2000)")] = None,
+    items: Annotated[Optional[int], typer.Option(min=2, help="items (default: 500)")] = None,
+    events: Annotated[Optional[int], typer.Option(min=1, help="events (default: 100000)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed; the output is a function of it (default: 0)")] = None,
+    follow: Annotated[Optional[float], typer.Option(
+        help="probability that the next item is one of the previous item's 3 fixed successors (default: 0.45)")] = None,
+    skip: Annotated[Optional[float], typer.Option(
+        help="probability that it is a fixed second-order successor of the item two back (default: 0)")] = None,
+    start_days: Annotated[Optional[float], typer.Option(
+        help="users start within this many days from 2020-01-01 (default: spread over 2020-2024)")] = None,
+    zipf: Annotated[Optional[float], typer.Option(
+        help="exponent of item popularity, 1/rank**zipf; higher: heavier head, longer tail (default: 0.9)")] = None,
+    events_per_user_median: Annotated[Optional[float], typer.Option(
+        help="median events per user; the long tail's mean is events/users (default: about 0.73 x events/users)")] = None,
+    min_events_per_user: Annotated[Optional[int], typer.Option(help="events per user, at least (default: 3)")] = None,
+    max_events_per_user: Annotated[Optional[int], typer.Option(help="events per user, at most (default: no cap)")] = None,
+    new_session: Annotated[Optional[float], typer.Option(
+        help="probability that an event starts a new session (~2 days later, not ~3 minutes) (default: 0.15)")] = None,
+    side_info: Annotated[Optional[bool], typer.Option(
+        "--side-info/--no-side-info",
+        help="write users.parquet and items.parquet; --no-side-info: events only (default: --side-info)")] = None,
 ) -> None:
-    """Generate a synthetic dataset with a learnable multi-view signal (chunked; scales to 1e8 events)."""
+    """Generate a synthetic dataset with a learnable multi-view signal (chunked; scales to 1e8 events).
+
+    The options are the settings of `data.synthetic` (data.source=synthetic): the same settings and seed
+    write the same files."""
+    from seqrec.configtree import validate_tree
+    from seqrec.errors import SeqrecError
     from seqrec.fsutil import atomic_dir
+    from tasks.sources import SynthConfig
     from tasks.synthetic import generate
 
+    given = {k: v for k, v in dict(
+        shape=shape, users=users, items=items, events=events, seed=seed, follow=follow, skip=skip,
+        start_days=start_days, zipf=zipf, events_per_user_median=events_per_user_median,
+        min_events_per_user=min_events_per_user, max_events_per_user=max_events_per_user,
+        new_session=new_session, side_info=side_info).items() if v is not None}
+    try:
+        cfg = validate_tree(SynthConfig, given, "seqrec data synth options")
+    except SeqrecError as e:
+        _fail(str(e))
     if out.exists() and any(out.iterdir()):
         _fail(f"{out} exists and is not empty")
     t = time.perf_counter()
     if out.exists():
         out.rmdir()
     with atomic_dir(out) as tmp:
-        manifest = generate(users, items, events, seed, tmp)
+        manifest = generate(cfg.users, cfg.items, cfg.events, cfg.seed, tmp, **cfg.generator_kwargs())
     typer.echo(f"wrote {manifest['counts']} to {out} in {time.perf_counter() - t:.1f}s")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from seqrec.encoding import normalise_label
 from seqrec.errors import DataContractError, SeqrecError
@@ -57,7 +57,12 @@ class ColumnMap(BaseModel):
 
 
 class SynthConfig(BaseModel):
+    """Settings of tasks/synthetic.generate (`seqrec data synth` takes the same, as options)."""
+
     model_config = ConfigDict(extra="forbid")
+    shape: Literal["default", "sparse-longtail", "dense-successors"] | None = Field(
+        None, description="a benchmark shape (tasks/synthetic.py SHAPES) that sets the other settings; the ones "
+        "set explicitly win")
     users: int = Field(2000, ge=1)
     items: int = Field(500, ge=2)
     events: int = Field(100_000, ge=1)
@@ -68,6 +73,44 @@ class SynthConfig(BaseModel):
                                                          "successors of the item two events back")
     start_days: float | None = Field(None, ge=0, description="users start within this many days (default: spread "
                                      "over 2020-2024); 0: all at once, so a temporal cut-off splits most users")
+    zipf: float = Field(0.9, ge=0.0, description="exponent of item popularity (1 / rank ** zipf); higher: a heavier "
+                        "head and a longer tail (the observed slope is flatter by what follow/skip send to successors)")
+    events_per_user_median: float | None = Field(None, gt=0, description="median events per user (a long tail "
+                                                 "whose mean is events / users); default: about 0.73 x events / users")
+    min_events_per_user: int = Field(3, ge=1, description="events per user, at least")
+    max_events_per_user: int | None = Field(None, ge=1, description="events per user, at most (default: no cap)")
+    new_session: float = Field(0.15, ge=0.0, le=1.0, description="probability that an event starts a new session "
+                               "(a gap of ~2 days instead of ~3 minutes); higher: shorter sessions")
+    side_info: bool = Field(True, description="write users.parquet and items.parquet; false: events only (the "
+                            "pipeline then runs without users and items tables)")
+
+    @model_validator(mode="after")
+    def _shape_and_checks(self) -> "SynthConfig":
+        from tasks.synthetic import SHAPES, check
+
+        for k, v in SHAPES.get(self.shape or "", {}).items():
+            if k not in self.model_fields_set:
+                setattr(self, k, v)
+        check(self.users, self.events, self.follow, self.skip, self.zipf, self.events_per_user_median,
+              self.min_events_per_user, self.max_events_per_user, self.new_session)
+        return self
+
+    def generator_kwargs(self) -> dict:
+        """Keyword arguments of tasks/synthetic.generate after (n_users, n_items, n_events, seed, out)."""
+        return self.model_dump(exclude={"shape", "users", "items", "events", "seed"})
+
+    def cache_name(self) -> str:
+        """The cache directory of this log: settings at their defaults are left out of the name (so
+        logs generated before a setting existed keep their directory)."""
+        d = SynthConfig.model_fields
+        tags = [("f", "follow"), ("k", "skip"), ("d", "start_days"), ("z", "zipf"), ("m", "events_per_user_median"),
+                ("lo", "min_events_per_user"), ("hi", "max_events_per_user"), ("p", "new_session")]
+        name = f"u{self.users}-i{self.items}-e{self.events}-s{self.seed}"
+        for tag, key in tags:
+            v = getattr(self, key)
+            if v != d[key].default:
+                name += f"-{tag}{v:g}"
+        return name + ("" if self.side_info else "-noside")
 
 
 class AttributeSchema(BaseModel):
@@ -322,16 +365,17 @@ def resolve_inputs(cfg: DataConfig) -> ResolvedInputs:
         from tasks.synthetic import generate
 
         s = cfg.synthetic
-        root = cache / "synthetic" / (f"u{s.users}-i{s.items}-e{s.events}-s{s.seed}"
-                                      + (f"-f{s.follow:g}" if s.follow != SynthConfig().follow else "")
-                                      + (f"-k{s.skip:g}" if s.skip else "")
-                                      + (f"-d{s.start_days:g}" if s.start_days is not None else ""))
+        root = cache / "synthetic" / s.cache_name()
         if not (root / "MANIFEST.json").is_file():
             with atomic_dir(root) as tmp:
-                generate(s.users, s.items, s.events, s.seed, tmp, s.follow, s.skip, s.start_days)
+                generate(s.users, s.items, s.events, s.seed, tmp, **s.generator_kwargs())
         events = expand_paths(str(root / "events"), "events")
-        users, items = [str(root / "users.parquet")], [str(root / "items.parquet")]
-        schema = cfg.schema_ or SYNTH_SCHEMA
+        if s.side_info:
+            users, items = [str(root / "users.parquet")], [str(root / "items.parquet")]
+            schema = cfg.schema_ or SYNTH_SCHEMA
+        else:  # events only: no users/items tables, and no attribute columns to look for
+            users = items = None
+            schema = cfg.schema_ or AttributeSchema()
         columns = ColumnMap()
     else:
         if not cfg.events:
