@@ -28,8 +28,9 @@ __all__ = ["STAGES", "training_flow"]
 @flow(name="seqrec-training", log_prints=True)
 def training_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".seqrec", run_id: str | None = None,  # noqa: B008
                   until: str | None = None, refresh: bool = False) -> dict[str, Any]:
-    """Train, evaluate, register, compare and (if the A/B passes) promote. `refresh` recomputes the
-    cached pure stages (preprocess, features) even when their content hash is unchanged."""
+    """Train, evaluate, register, compare and (if the A/B passes) promote; a first run whose network
+    loses against the baseline promotes the baseline instead. `refresh` recomputes the cached pure
+    stages (preprocess, features) even when their content hash is unchanged."""
     with PipelineRun(config, workdir, run_id, until, refresh) as run:
         c, wd = run.config, run.workdir
         inputs = run.stage("ingest", ingest_task, cfg=c.data)
@@ -52,8 +53,9 @@ def training_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".se
             ab = run.stage("compare", compare_task, abcfg=c.ab, tracking=c.tracking, workdir=wd, data_path=data.path,
                            run_dir=run.dir, summary=run.data, version=version.version,
                            exclude_seen=ecfg.exclude_seen, batch_size=ecfg.batch_size, seed=c.seed)
-            run.stage("promote", promote_task, tracking=c.tracking, workdir=wd, version=version.version,
-                      decision=ab.decision, mlflow_run_id=version.mlflow_run_id)
+            run.stage("promote", promote_task, tracking=c.tracking, abcfg=c.ab, workdir=wd, data_path=data.path,
+                      run_dir=run.dir, summary=run.data, version=version.version, decision=ab.decision,
+                      mlflow_run_id=version.mlflow_run_id, exclude_seen=ecfg.exclude_seen)
         artifact(ab_artifact, run.data)
         stages.attach_reports(run, registry, version.mlflow_run_id)
     return run.data

@@ -49,6 +49,9 @@ class ABConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     primary_metric: str = "ndcg@10"
     baseline: Literal["pop", "markov"] = "markov"
+    baseline_champion: bool = Field(
+        True, description="no champion yet and the network does not beat the baseline (decision 'fail'): register "
+                          "the baseline itself as a servable version and make it the champion")
     mode: Literal["superiority", "non_inferiority"] = Field(
         "superiority", description="superiority: better by more than min_lift; non_inferiority: worse by at most margin")
     min_lift: float = Field(0.0, description="superiority: the CI's lower bound of the mean lift must exceed this "
@@ -353,6 +356,13 @@ def run_ab(cfg: ABConfig, registry, data_path: Path, run_dir: Path, summary: dic
     if champion == version and earlier.is_file():  # a resumed run: an earlier attempt decided and promoted
         log(f"A/B: version {version} is already the champion; keeping the decision of an earlier attempt of this run")
         return json.loads(earlier.read_text())
+    if champion is not None and champion != version and earlier.is_file():
+        tags = registry.version(champion).tags or {}
+        if tags.get("kind") == "baseline" and tags.get("baseline.run_id") == summary["run_id"]:
+            # an earlier attempt lost against the baseline and promoted it (tasks.registry.baseline_champion)
+            log(f"A/B: the {tags.get('baseline')} baseline that an earlier attempt of this run registered (version "
+                f"{champion}) is the champion; keeping that attempt's decision")
+            return json.loads(earlier.read_text())
     chal = challenger_side(Path(summary["per_user_metrics"]), summary["metrics"]["test"]["coverage@10"], version)
     leak = {"checked": None}
     if champion is None or champion == version:
@@ -368,9 +378,11 @@ def run_ab(cfg: ABConfig, registry, data_path: Path, run_dir: Path, summary: dic
                 log(f"A/B: champion version {champion}'s bundle predates the record of its training events; "
                     f"whether it trained on these test events is not checked")
             means, per, users = rescore(scorer, data_path, exclude_seen, batch_size)
+            what = f" (the {scorer.info.get('baseline')} baseline)" if scorer.kind == "baseline" else ""
             del scorer
         ref = Side(f"version {champion}", users, per, means["coverage@10"], champion)
-        log(f"A/B: version {version} against champion version {champion} re-scored on {len(users)} current test users")
+        log(f"A/B: version {version} against champion version {champion}{what} re-scored on {len(users)} current "
+            f"test users")
     latency = measure_latency(Scorer(bundle), chal.users, cfg.latency_users, seed, cfg.latency_rounds)
     decision = decide(cfg, chal, ref, latency, seed)
     decision["overlap_checked"] = leak["checked"]  # None: compared with a baseline, nothing to check

@@ -6,6 +6,13 @@ full history (train + validation + test events: recommendations are for the futu
 encoding rules (event types, gap-bucket edges). The MLflow pyfunc ships it as an artifact, and the
 A/B step re-scores an old champion from it on today's data.
 
+A *baseline* bundle (`bundle.json` kind "baseline": models/baselines.py's Markov or Pop) has the same
+vocabularies, histories and encoding rules but no network: the baseline is rebuilt at load time from
+each user's training events (the first `train_events` of the stored history), exactly as the
+evaluation built it, and `Scorer` serves and re-scores it through the same id mapping, seen-item
+mask and top-k. A first run whose network loses the A/B against the baseline registers one, so
+there is always a servable champion (tasks/registry.py, `baseline_champion`).
+
 Imports stay light (numpy, pandas, torch, pydantic, models/): the pyfunc loads this module in a
 serving environment without Dask, Prefect or Great Expectations.
 """
@@ -22,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.baselines import Markov, Popularity
 from models.data import history_prefixes, left_pad
 from models.net import ItemTables, ModelConfig, SeqRecNet, TransitionTables, UserTables
 from seqrec.catalog import VIEW_FILES, DataVersion, Views
@@ -72,6 +80,10 @@ def bundle_model_config(raw: dict) -> ModelConfig:
 PRE_EXISTING_DEFAULTS = {"repeat_bias": False, "transition_lags": 0, "user_history": False}
 
 
+BASELINES = {"pop": Popularity, "markov": Markov}
+NETWORK, BASELINE = "network", "baseline"
+
+
 def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, weights: Path,
                  exclude_seen: bool) -> Path:
     """Write the bundle directory `out` (must not exist) from a data version, its views and weights."""
@@ -82,6 +94,24 @@ def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, wei
         shutil.copy2(views / name, out / "views" / name)
     shutil.copy2(weights, out / "weights.pt")
     (out / "model_config.json").write_text(mcfg.model_dump_json(indent=2))
+    _write_histories(out, dv, exclude_seen, {"kind": NETWORK})
+    return out
+
+
+def write_baseline_bundle(out: Path, data_path: Path, baseline: str, exclude_seen: bool) -> Path:
+    """Write a baseline's bundle directory `out` (must not exist): the vocabularies, histories and
+    encoding rules of a data version; the baseline itself is rebuilt from the histories' training
+    events when the bundle is loaded (no weights, no views)."""
+    if baseline not in BASELINES:
+        raise SeqrecError(f"unknown baseline {baseline!r} (known: {', '.join(BASELINES)})")
+    out = Path(out)
+    out.mkdir(parents=True)
+    _write_histories(out, DataVersion(data_path), exclude_seen, {"kind": BASELINE, "baseline": baseline})
+    return out
+
+
+def _write_histories(out: Path, dv: DataVersion, exclude_seen: bool, kind: dict) -> None:
+    """What every bundle has: vocabularies, each user's history and bundle.json (encoding rules)."""
     for name in ("items.parquet", "users.parquet"):
         shutil.copy2(dv.vocab_dir / name, out / name)
     seq = dv.sequences(["user_id", "user_idx", "items", "event_types", "gap_buckets", "timestamps", "n_train"])
@@ -94,7 +124,7 @@ def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, wei
     gaps = np.concatenate(list(seq["gap_buckets"])) if len(seq) else np.zeros(0, np.int64)
     gaps = gaps[gaps > 1]
     info = {
-        "format": BUNDLE_FORMAT, "created": time.time(), "data_version": dv.version,
+        "format": BUNDLE_FORMAT, **kind, "created": time.time(), "data_version": dv.version,
         "n_items": dv.n_items, "n_users": dv.n_users,
         "event_types": dv.event_types, "gap_bucket_edges_s": dv.gap_bucket_edges_s,
         # used when a request gives item ids only (no event types / timestamps): the most common ones
@@ -103,7 +133,6 @@ def write_bundle(out: Path, data_path: Path, views: Path, mcfg: ModelConfig, wei
         "exclude_seen": bool(exclude_seen),
     }
     (out / "bundle.json").write_text(json.dumps(info, indent=2))
-    return out
 
 
 @dataclass
@@ -117,7 +146,7 @@ class Encoded:
 
 
 class Scorer:
-    """Scores histories with a bundle's network; maps ids in and out."""
+    """Scores histories with a bundle's network (or baseline, `kind` "baseline"); maps ids in and out."""
 
     def __init__(self, root: Path | str, device: str = "cpu") -> None:
         root = Path(root)
@@ -126,13 +155,10 @@ class Scorer:
         self.info = json.loads((root / "bundle.json").read_text())
         if self.info["format"] != BUNDLE_FORMAT:
             raise SeqrecError(f"{root}: bundle format {self.info['format']}, this code reads {BUNDLE_FORMAT}")
-        self.cfg = bundle_model_config(json.loads((root / "model_config.json").read_text()))
+        self.kind = self.info.get("kind", NETWORK)  # bundles from before baseline bundles: a network
+        if self.kind not in (NETWORK, BASELINE):
+            raise SeqrecError(f"{root}: bundle kind {self.kind!r}, this code reads {NETWORK!r} and {BASELINE!r}")
         self.device = torch.device(device)
-        self.net = load_net(root / "views", self.cfg, self.info["n_items"], self.info["n_users"])
-        self.net.load_state_dict(torch.load(root / "weights.pt", map_location="cpu", weights_only=True))
-        self.net.to(self.device).eval()
-        with torch.no_grad():
-            self.table = self.net.items.table()
         vocab = pd.read_parquet(root / "items.parquet")
         self.item_ids = np.full(self.info["n_items"], None, object)
         self.item_ids[vocab["item_idx"].to_numpy()] = vocab["item_id"].to_numpy(dtype=object)
@@ -149,10 +175,34 @@ class Scorer:
                                 if "train_last_timestamp" in hist else None)
         self.hist_train_n = hist["train_events"].to_numpy(np.int64) if "train_events" in hist else None
         self.etype_index = pd.Index(self.info["event_types"])
-        counts = np.load(root / "views" / "item_arrays.npz")["train_counts"].astype(np.float64)
+        self.edges = np.asarray(self.info["gap_bucket_edges_s"], np.int64)
+        self.net: SeqRecNet | None = None
+        self.baseline: Popularity | Markov | None = None
+        if self.kind == BASELINE:
+            counts = self._load_baseline(root)
+        else:
+            self.cfg = bundle_model_config(json.loads((root / "model_config.json").read_text()))
+            self.net = load_net(root / "views", self.cfg, self.info["n_items"], self.info["n_users"])
+            self.net.load_state_dict(torch.load(root / "weights.pt", map_location="cpu", weights_only=True))
+            self.net.to(self.device).eval()
+            with torch.no_grad():
+                self.table = self.net.items.table()
+            counts = np.load(root / "views" / "item_arrays.npz")["train_counts"].astype(np.float64)
         counts[:ITEM_FIRST] = -1
         self.popular = np.argsort(-counts, kind="stable")[: self.info["n_items"] - ITEM_FIRST]
-        self.edges = np.asarray(self.info["gap_bucket_edges_s"], np.int64)
+
+    def _load_baseline(self, root: Path) -> np.ndarray:
+        """The baseline rebuilt from the stored training events, as the evaluation built it; returns
+        the training popularity counts (the `popular` fallback)."""
+        name = self.info.get("baseline")
+        if name not in BASELINES:
+            raise SeqrecError(f"{root}: unknown baseline {name!r} (known: {', '.join(BASELINES)})")
+        if self.hist_train_n is None:
+            raise SeqrecError(f"{root}: a baseline bundle needs the histories' train_events")
+        train = [np.asarray(h, np.int64)[:n] for h, n in zip(self.hist["items"], self.hist_train_n)]
+        n = self.n_items
+        self.baseline = BASELINES[name](train, n)
+        return np.bincount(np.concatenate(train), minlength=n).astype(np.float64) if train else np.zeros(n)
 
     # ------------------------------------------------------------------ encoding
 
@@ -232,6 +282,11 @@ class Scorer:
     @torch.no_grad()
     def scores(self, enc: Encoded) -> torch.Tensor:
         """(B, n_items) float scores on CPU; padding and unknown columns are -inf."""
+        if self.baseline is not None:  # the baseline's own scores (models/baselines.py), as evaluated
+            s = self.baseline.score(enc.items).float().clone()
+            s[:, :ITEM_FIRST] = -torch.inf
+            return s
+        assert self.net is not None
         seq = self._pad(enc.items)
         prefix = None
         if self.cfg.user_history and self.net.attr_target is not None:  # the events before the window

@@ -1,7 +1,7 @@
 """The MLflow pyfunc of a seqrec model, logged as *models-from-code*: MLflow stores this file and
 loads it, so no pickled Python object is ever deserialised. Its artifact `bundle` is the directory
-written by tasks.bundle.write_bundle; the code it imports (seqrec/, models/, tasks/) travels with it
-as the model's code paths.
+written by tasks.bundle.write_bundle (or write_baseline_bundle: a baseline as champion); the code it
+imports (seqrec/, models/, tasks/) travels with it as the model's code paths.
 
 predict(DataFrame) -> DataFrame: input rows with `user_id` (history looked up in the bundle) and/or
 `history` (list of item ids, oldest first; optional `event_types` / `timestamps` lists) and optional

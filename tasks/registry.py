@@ -6,6 +6,9 @@ moved, and `reconcile()` (run under the lock before any decision) finishes a mov
 short, so the alias and the log always agree after the next run. A log whose champion no longer
 exists in MLflow (deleted there) stops every compare, promote and registration with the commands
 that repair it. The log directory records which tracking store it belongs to (`tracking_store.json`).
+
+A first run whose network loses the A/B against the baseline registers and promotes the baseline
+itself (`baseline_champion`), so there is always a servable champion.
 """
 
 from __future__ import annotations
@@ -266,15 +269,15 @@ class Registry:
             self.client.set_model_version_tag(self.name, str(version), k, v[:5000])
 
     def promote(self, version: int, action: str, run_id: str | None = None, decision: dict | None = None,
-                reason: str = "") -> dict:
-        """Move `champion` to `version` (log first, then the alias).
+                reason: str = "", extra: dict | None = None) -> dict:
+        """Move `champion` to `version` (log first, then the alias); `extra`: more fields of the log entry.
 
         Once the alias moved the promotion is complete (log and alias agree): the bookkeeping tags
         after it cannot undo it, so their failures come back as `warnings` in the returned entry
         instead of an exception (a run must not fail with its promotion done)."""
         self.version(version)
         entry = self._append({"action": action, "version": int(version), "previous": self.champion(),
-                              "run_id": run_id, "reason": reason,
+                              "run_id": run_id, "reason": reason, **(extra or {}),
                               "decision": {k: decision.get(k) for k in ("decision", "baseline", "reference_version",
                                                                           "lift", "ci_low", "ci_high", "p_value")}
                               if decision else None})
@@ -395,6 +398,57 @@ def promote_if_passed(registry: Registry, version: int, decision: dict, mlflow_r
     for w in entry.get("warnings") or []:
         warn(f"promote: {w}")
     return True
+
+
+def baseline_champion(tracking, abcfg, registry: Registry, workdir: Path, run_dir: Path, summary: dict,
+                      data_path: Path, version: int, decision: dict, network_run_id: str | None, exclude_seen: bool,
+                      flow_run_id: str | None, log=print, warn=print) -> dict | None:
+    """A champion even when the network loses: when `version`'s A/B was against the baseline (there
+    was no champion) and did not pass ('fail'), register that baseline itself as a version (a
+    servable pyfunc, tagged kind=baseline, with the evaluation's metrics of it) and promote it, the
+    reason recorded in the promotion log. The network version stays `challenger`. Returns what was
+    done, or None when this does not apply (a pass, a champion exists, insufficient evidence, or
+    `ab.baseline_champion` is off). The caller holds the registry lock."""
+    from tasks.bundle import write_baseline_bundle
+    from tasks.tracking import log_and_register_baseline
+
+    name = decision.get("baseline")
+    if not abcfg.baseline_champion or decision.get("decision") != "fail" \
+            or decision.get("reference_version") is not None or name not in (summary.get("baselines") or {}):
+        return None
+    champion = registry.champion()
+    if champion is not None:
+        tags = registry.version(champion).tags or {}
+        if tags.get("kind") == "baseline" and tags.get("baseline.run_id") == summary["run_id"]:
+            log(f"the {name} baseline, version {champion}, is already the champion (promoted by an earlier attempt "
+                f"of this run)")
+            return {"version": champion, "baseline": name, "against": version, "reused": True,
+                    "reason": f"promoted by an earlier attempt of run {summary['run_id']}"}
+        return None  # the A/B compared with the baseline although a champion exists (this very version)
+    # named `bundle` like the network's: the pyfunc's artifacts keep the directory's name (bundle_of)
+    bundle = Path(run_dir) / f"{name}-baseline" / "bundle"
+    if bundle.exists():  # an earlier attempt of this run (a retry or resume)
+        import shutil
+
+        shutil.rmtree(bundle)
+    write_baseline_bundle(bundle, data_path, name, exclude_seen)
+    reg = log_and_register_baseline(tracking, workdir, run_dir, summary, bundle, name, version, network_run_id,
+                                    flow_run_id)
+    m = reg["version"]
+    why = "; ".join(decision.get("reasons") or []) or "-"
+    # `seqrec models` shows these two columns: what it won against and that it is a baseline
+    for k, v in {"ab.decision": "baseline_won", "ab.baseline": f"version {version}", "ab.reference_version": "none",
+                 "ab.reasons": f"no champion yet; version {version} did not beat the {name} baseline ({why})"}.items():
+        registry.client.set_model_version_tag(registry.name, str(m), k, v[:5000])
+    reason = (f"no champion yet; the {name} baseline won the A/B against version {version}: baseline registered as "
+              f"version {m} and promoted")
+    entry = registry.promote(m, "promote", reg["mlflow_run_id"], decision, reason=reason,
+                             extra={"kind": "baseline", "baseline": name, "network_version": int(version)})
+    for w in entry.get("warnings") or []:
+        warn(f"promote: {w}")
+    log(reason)
+    return {"version": m, "baseline": name, "against": version, "reused": bool(reg["reused"]), "reason": reason,
+            "mlflow_run_id": reg["mlflow_run_id"], "model_uri": reg["model_uri"]}
 
 
 def _reference_of(tags: dict) -> int | None:

@@ -343,18 +343,33 @@ def compare_task(abcfg, tracking, workdir: Path, data_path: str, run_dir: Path, 
 
 @dataclass
 class Promoted:
-    promoted: bool
+    promoted: bool  # this run's network version became champion
     champion: int | None
+    baseline: dict[str, Any] | None = None  # the baseline registered and promoted instead (no champion before)
 
     def summary(self) -> dict[str, Any]:
-        return {"promoted": self.promoted, "champion": self.champion}
+        return {"promoted": self.promoted, "champion": self.champion,
+                **({"baseline_champion": self.baseline} if self.baseline else {})}
+
+    def describe(self) -> str:
+        if self.baseline:
+            return self.baseline["reason"]
+        return f"champion: version {self.champion}" + (" (promoted now)" if self.promoted else " (unchanged)")
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_task(tracking, workdir: Path, version: int, decision: dict, mlflow_run_id: str) -> Promoted:
-    from tasks.registry import open_registry, promote_if_passed
+def promote_task(tracking, abcfg, workdir: Path, data_path: str, run_dir: Path, summary: dict, version: int,
+                 decision: dict, mlflow_run_id: str, exclude_seen: bool) -> Promoted:
+    """Promote `version` when its A/B passed. Otherwise, on a first run whose network lost against
+    the baseline, the baseline itself is registered and promoted (`ab.baseline_champion`)."""
+    from prefect.runtime import flow_run
+
+    from tasks.registry import baseline_champion, open_registry, promote_if_passed
 
     registry = open_registry(tracking, workdir)
     logger = get_run_logger()
     promoted = promote_if_passed(registry, version, decision, mlflow_run_id, logger.info, logger.warning)
-    return Promoted(promoted, registry.champion())
+    baseline = None if promoted else baseline_champion(
+        tracking, abcfg, registry, workdir, run_dir, summary, Path(data_path), version, decision, mlflow_run_id,
+        exclude_seen, flow_run.get_id(), logger.info, logger.warning)
+    return Promoted(promoted, registry.champion(), baseline)

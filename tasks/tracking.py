@@ -5,12 +5,15 @@ epoch), final validation/test/auxiliary/baseline metrics, artifacts (config, dat
 per-user metrics, training curve, run summary; the A/B report is added by the compare stage) and
 tags (data version, code commit, Prefect flow-run id, dataset counts). The model is logged as a
 models-from-code pyfunc with its bundle, code, explicit pip requirements, signature and input
-example, registered under `tracking.model_name`, and the new version gets alias `challenger`.
+example, registered under `tracking.model_name`, and the new version gets alias `challenger`. A
+baseline that becomes the first champion (tasks.registry.baseline_champion) is logged the same way in
+a child run, with the evaluation's metrics of that baseline (`log_and_register_baseline`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import time
@@ -474,6 +477,8 @@ def registered_before(client, name: str, summary: dict, flow_run_id: str | None,
     for version in sorted(found, reverse=True):
         mv = found[version]
         tags = mv.tags or {}
+        if tags.get("kind") == "baseline":  # a baseline this run registered (baseline_before finds those)
+            continue
         if tags.get("data_version", "") != data_version or mv.status not in ("READY", None) or not mv.run_id:
             continue
         if weights is not None and tags.get("weights.digest", weights) != weights:
@@ -501,6 +506,91 @@ def _reuse(client, cfg: TrackingConfig, workdir: Path, before, t0: float) -> dic
         "run %s already registered %s version %s (MLflow run %s): reusing it instead of registering another",
         (mv.tags or {}).get("seqrec.run_id"), cfg.model_name, mv.version, run.info.run_id)
     return _registration(cfg, workdir, int(mv.version), run.info.run_id, run.info.experiment_id, t0, reused=True)
+
+
+def log_and_register_baseline(cfg: TrackingConfig, workdir: Path, run_dir: Path, summary: dict, bundle: Path,
+                              baseline: str, against: int, network_run_id: str | None,
+                              flow_run_id: str | None) -> dict:
+    """A baseline bundle (tasks.bundle.write_baseline_bundle) logged as a pyfunc in its own MLflow run
+    (a child of the network's run), with the evaluation's metrics of that baseline, and registered
+    as a version tagged kind=baseline, baseline=<name>. It gets no alias here (the caller promotes
+    it). Idempotent per run: a retried or resumed run gets back the baseline version it registered."""
+    import math
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    t0 = time.perf_counter()
+    client = client_for(cfg, workdir)
+    before = baseline_before(client, cfg.model_name, summary, baseline)
+    if before is not None:
+        mv, run = before
+        if run.info.status != "FINISHED":
+            client.set_terminated(run.info.run_id, "FINISHED")
+        return {**_registration(cfg, workdir, int(mv.version), run.info.run_id, run.info.experiment_id, t0,
+                                reused=True), "baseline": baseline}
+    exp_id = ensure_experiment(client, cfg, workdir)
+    metrics = summary["baselines"][baseline]
+    name = f"{summary['run_id']}-{baseline}-baseline"
+    tags = {"seqrec.baseline_of_run": summary["run_id"], "kind": "baseline", "baseline": baseline,
+            "data_version": summary.get("data_version") or "", "git_commit": git_commit(),
+            "prefect.flow_run_id": flow_run_id or "", "mlflow.runName": name,
+            **({"mlflow.parentRunId": network_run_id} if network_run_id else {})}
+    run = client.create_run(exp_id, tags=tags, run_name=name)
+    rid = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        # the same keys as the network run's final metrics: the two compare side by side in MLflow
+        _log_batches(client, rid, [Metric(f"{'val' if split == 'validation' else split}/{metric_key(k)}", float(v),
+                                          now, 0)
+                                   for split, vals in metrics.items() for k, v in vals.items()
+                                   if isinstance(v, (int, float)) and math.isfinite(v)])
+        art = Path(run_dir) / "mlflow"
+        art.mkdir(exist_ok=True)
+        path = art / f"{baseline}_baseline_metrics.json"
+        path.write_text(json.dumps({"baseline": baseline, "data_version": summary.get("data_version"),
+                                    "won_against_version": against, "metrics": metrics}, indent=2))
+        client.log_artifact(rid, str(path))
+        with mlflow.start_run(run_id=rid):
+            info = patient(
+                mlflow.pyfunc.log_model, cfg.sqlite_wait_s, name="model",
+                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                artifacts={"bundle": str(bundle)}, code_paths=[str(REPO / p) for p in CODE_PACKAGES],
+                pip_requirements=pip_requirements(), signature=model_signature(),
+                input_example=input_example(bundle))
+        test = metrics.get("test") or {}
+        mv = patient(mlflow.register_model, cfg.sqlite_wait_s, info.model_uri, cfg.model_name,
+                     tags={"kind": "baseline", "baseline": baseline,
+                           # not seqrec.run_id / prefect.flow_run_id: those find the run's network version
+                           "baseline.run_id": summary["run_id"], "baseline.flow_run_id": str(flow_run_id or ""),
+                           "baseline.won_against": str(against),
+                           "data_version": summary.get("data_version") or "",
+                           "test.ndcg_at_10": f"{test.get('ndcg@10', float('nan')):.5f}"})
+    except BaseException:
+        client.set_terminated(rid, "FAILED")
+        raise
+    client.set_terminated(rid, "FINISHED")
+    return {**_registration(cfg, workdir, int(mv.version), rid, exp_id, t0, reused=False), "baseline": baseline}
+
+
+def baseline_before(client, name: str, summary: dict, baseline: str):
+    """(version, MLflow run) of the `baseline` that an earlier attempt of this run registered, or None."""
+    from mlflow.exceptions import MlflowException
+
+    data_version = summary.get("data_version") or ""
+    found = _versions_tagged(client, name, "baseline.run_id", summary["run_id"])
+    for mv in sorted(found, key=lambda v: int(v.version), reverse=True):
+        tags = mv.tags or {}
+        if tags.get("kind") != "baseline" or tags.get("baseline") != baseline or \
+                tags.get("data_version", "") != data_version or mv.status not in ("READY", None) or not mv.run_id:
+            continue
+        try:
+            run = client.get_run(mv.run_id)
+        except MlflowException:
+            continue
+        if run.info.lifecycle_stage != "deleted":
+            return mv, run
+    return None
 
 
 def bundle_of(client, name: str, version: int | str, dst: Path) -> Path:
