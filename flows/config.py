@@ -24,6 +24,7 @@ from tasks.ab import ABConfig
 from tasks.dask_cluster import DaskConfig
 from tasks.features import ViewsConfig
 from tasks.preprocess import PreprocessConfig
+from tasks.select import Candidate, SelectConfig, candidate_trees
 from tasks.sources import DataConfig
 from tasks.tracking import TrackingConfig
 from tasks.train import EvalConfig
@@ -52,6 +53,7 @@ class PipelineConfig(BaseModel):
     ab: ABConfig = ABConfig()
     server: ServerConfig = ServerConfig()
     paths: PathsConfig = PathsConfig()
+    select: SelectConfig = SelectConfig()
 
     @model_validator(mode="after")
     def _ab_baseline_is_evaluated(self) -> "PipelineConfig":
@@ -67,6 +69,25 @@ class PipelineConfig(BaseModel):
         if unset:
             self.train = self.train.model_copy(update=unset)
         return self
+
+    @model_validator(mode="after")
+    def _views_serve_every_candidate(self) -> "PipelineConfig":
+        """With select.auto the run's views must carry what any candidate needs (transition tables)."""
+        if self.select.auto:
+            lags = max(c.model.transition_lags for c in self.candidates())
+            if lags > self.views.transition_lags and "transition_lags" not in self.views.model_fields_set:
+                self.views = self.views.model_copy(update={"transition_lags": lags})
+        return self
+
+    def candidates(self) -> list[Candidate]:
+        """The model-selection candidates (tasks/select.py): the configured model first, then each
+        `select.candidates` entry applied to what this config sets (so a preset fills the rest)."""
+        trees = candidate_trees(self.model_dump(mode="json", exclude_unset=True, by_alias=True), self.select)
+        out = []
+        for name, tree in trees.items():
+            cfg = validate_tree(PipelineConfig, tree, f"select.candidates.{name}")
+            out.append(Candidate(name, self.select.candidates.get(name, []), cfg.model, cfg.train))
+        return out
 
     @model_validator(mode="after")
     def _views_carry_the_transition_lags(self) -> "PipelineConfig":

@@ -77,6 +77,19 @@ def with_protocol(run: PipelineRun, data: pre.PreprocessResult):
     return run.config.model_copy(update={"eval": ecfg})
 
 
+def select_model(run: PipelineRun, c, data_path: str, views: Path):
+    """With `select.auto`: the candidates trained briefly and compared on validation; the run's config
+    with the winner's model and training settings (unchanged without select.auto)."""
+    from tasks.stages import select_task
+
+    if not c.select.auto:
+        run.stop_if_until("select")
+        return c
+    chosen = run.stage("select", select_task, data_path=data_path, views=views, candidates=c.candidates(),
+                       scfg=c.select, seed=c.seed, ecfg=c.eval, run_dir=run.dir).winner
+    return c.model_copy(update={"model": chosen.model, "train": chosen.train})
+
+
 @contextlib.contextmanager
 def registry_lock(run: PipelineRun) -> Iterator["Registry"]:
     """The registry, locked: a concurrent run waits here instead of promoting against a champion

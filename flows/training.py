@@ -40,6 +40,7 @@ def training_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".se
             data = stages.data_version(run, pool, inputs, raw)
             views = stages.views(run, pool, data).path
         c = stages.with_protocol(run, data)  # eval.exclude_seen decided on this data version
+        c = stages.select_model(run, c, data.path, views)  # select.auto: the model chosen on validation
         ecfg = c.eval
         model = run.stage("train", train_task, data_path=data.path, views=views, mcfg=c.model, tcfg=c.train,
                           seed=c.seed, ecfg=ecfg, workdir=wd, run_dir=run.dir)

@@ -17,7 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Inspect your own logs, fetch or generate datasets.")
 app.add_typer(data_app, name="data")
 
-STAGE_HELP = ("stop after this stage: ingest, validate_raw, preprocess, validate_processed, features, train, evaluate, "
+STAGE_HELP = ("stop after this stage: ingest, validate_raw, preprocess, validate_processed, features, select, train, "
+             "evaluate, "
               "register, compare, promote")
 
 

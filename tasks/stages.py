@@ -247,6 +247,14 @@ class Trained:
         return {"history": self.history, "training": self.record}
 
 
+@task(name="select", cache_policy=NO_CACHE)
+def select_task(data_path: str, views: Path, candidates: list, scfg, seed: int, ecfg, run_dir: Path):
+    from tasks.select import select
+
+    return select(Path(data_path), views, candidates, scfg, seed, bool(ecfg.exclude_seen), ecfg.item_chunk, run_dir,
+                  log=get_run_logger().info)
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(data_path: str, views: Path, mcfg, tcfg, seed: int, ecfg, workdir: Path, run_dir: Path) -> Trained:
     from tasks.train import train_in_workdir
