@@ -140,7 +140,15 @@ def _print_summary(s: dict) -> None:
                  f"one-sided p={ab['p_value']:.3g}: " if ab.get("lift") is not None else "")
         con.print(f"A/B vs {ab['baseline']}: {stats}[bold]{ab['decision'].upper()}[/]"
                   + (f" ({'; '.join(ab['reasons'])})" if ab["reasons"] else ""), highlight=False)
-    if "promoted" in s:
+    if s.get("selection"):
+        sel = s["selection"]
+        con.print(f"model selection (select.auto): [bold]{sel['winner']}[/] on validation NDCG@10 ("
+                  + ", ".join(f"{k} {v['validation_ndcg@10']:.4f}" for k, v in sel["candidates"].items()) + ")",
+                  highlight=False)
+    if s.get("baseline_champion"):
+        con.print(f"champion: version {s.get('champion')}, the {s['baseline_champion'].get('baseline', 'baseline')} "
+                  f"baseline (it won the A/B; the network stays challenger)", highlight=False)
+    elif "promoted" in s:
         con.print(f"champion: version {s.get('champion')}" + (" (promoted now)" if s["promoted"] else " (unchanged)"))
     con.print(f"run directory: {s['run_dir']}")
 
@@ -213,6 +221,7 @@ def models(
         rows.append({"version": int(mv.version), "aliases": sorted(by_version.get(int(mv.version), [])),
                      "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)),
                      "run_id": mv.run_id, "data_version": t.get("data_version"),
+                     "kind": t.get("baseline", "baseline") if t.get("kind") == "baseline" else "network",
                      "test_ndcg@10": float(t["test.ndcg_at_10"]) if "test.ndcg_at_10" in t else None,
                      "decision": t.get("ab.decision"), "baseline": t.get("ab.baseline"),
                      "lift": float(t["ab.lift"]) if "ab.lift" in t else None,
@@ -229,12 +238,12 @@ def models(
         typer.echo(f"no versions of '{reg.name}' in {redact(reg.client.tracking_uri)}")
         return
     t = Table(title=f"{reg.name} @ {redact(reg.client.tracking_uri)}")
-    for col in ("version", "aliases", "created", "data version", "test ndcg@10", "A/B vs", "decision", "lift [95% CI]",
-                "p"):
+    for col in ("version", "kind", "aliases", "created", "data version", "test ndcg@10", "A/B vs", "decision",
+                "lift [95% CI]", "p"):
         t.add_column(col, justify="right" if col in ("version", "test ndcg@10", "p") else "left")
     for r in rows:
         ci = f"{r['lift']:+.4f} [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]" if r["ci"] else "-"
-        t.add_row(str(r["version"]), ", ".join(r["aliases"]) + (" (forced)" if r["forced"] else ""), r["created"],
+        t.add_row(str(r["version"]), r["kind"], ", ".join(r["aliases"]) + (" (forced)" if r["forced"] else ""), r["created"],
                   r["data_version"] or "-", f"{r['test_ndcg@10']:.4f}" if r["test_ndcg@10"] is not None else "-",
                   r["baseline"] or "-", r["decision"] or "-", ci,
                   f"{r['p_value']:.3g}" if r["p_value"] is not None else "-")

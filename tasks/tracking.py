@@ -319,9 +319,12 @@ def _final_metrics(summary: dict) -> dict[str, float]:
             for k, v in vals.items():
                 out[f"baseline/{name}/{'val' if split == 'validation' else split}/{metric_key(k)}"] = float(v)
     tr = summary.get("training") or {}
-    for k in ("train_seconds", "best_epoch", "epochs_run", "parameters"):
-        if k in tr:
+    for k in ("train_seconds", "best_epoch", "epochs_run", "parameters", "budgeted_epochs", "epoch_seconds_est",
+              "final_lr"):
+        if tr.get(k) is not None:
             out[f"train/{k}"] = float(tr[k])
+    for name, cand in ((summary.get("selection") or {}).get("candidates") or {}).items():
+        out[f"select/{name}/val/ndcg_at_10"] = float(cand["validation_ndcg@10"])
     return out
 
 
@@ -408,6 +411,8 @@ def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config:
             vals = {f"epoch/val/{metric_key(k)}": v for k, v in (h.get("validation") or {}).items() if k != "users"}
             vals.update({f"epoch/loss/{k}": v for k, v in (h.get("loss") or {}).items()})
             vals["epoch/elapsed_s"] = h["elapsed_s"]
+            if h.get("lr") is not None:
+                vals["epoch/lr"] = h["lr"]
             metrics += [Metric(k, float(v), now, int(h["epoch"])) for k, v in vals.items()
                         if isinstance(v, (int, float)) and math.isfinite(v)]
         metrics += [Metric(k, v, now, 0) for k, v in _final_metrics(summary).items() if math.isfinite(v)]
@@ -416,6 +421,9 @@ def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config:
         art.mkdir(exist_ok=True)
         (art / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         client.log_artifact(rid, str(art / "config.yaml"))
+        if summary.get("selection"):  # the candidates' validation scores and the winner (select.auto)
+            (art / "selection.json").write_text(json.dumps(summary["selection"], indent=2))
+            client.log_artifact(rid, str(art / "selection.json"))
         if summary.get("history"):
             client.log_artifact(rid, str(training_curve(summary["history"], art / "training_curve.png")))
         if summary.get("per_user_metrics"):

@@ -50,3 +50,13 @@ def test_a_run_with_select_auto_trains_the_winner(tmp_path, prefect_harness, cac
     assert out["training"]["parameters"] == sum(p.numel() for p in net.parameters())
     assert not (tmp_path / "wd" / "runs" / "sel" / "select").exists() or not any(
         (tmp_path / "wd" / "runs" / "sel" / "select").rglob("*.pt")), "candidate weights left behind"
+
+
+def test_selection_and_the_budgeted_schedule_reach_mlflow_metrics():
+    from tasks.tracking import _final_metrics
+
+    m = _final_metrics({"training": {"budgeted_epochs": 9, "final_lr": 1e-4, "epoch_seconds_est": None},
+                        "selection": {"winner": "x", "candidates": {CONFIGURED: {"validation_ndcg@10": 0.3},
+                                                                     "x": {"validation_ndcg@10": 0.31}}}})
+    assert m == {"train/budgeted_epochs": 9.0, "train/final_lr": 1e-4, f"select/{CONFIGURED}/val/ndcg_at_10": 0.3,
+                 "select/x/val/ndcg_at_10": 0.31}
