@@ -33,6 +33,7 @@ def _env_defaults() -> None:
     # a user error is one clear line on the console (seqrec/logfilter.py); Dask workers inherit both
     os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(Path(__file__).with_name("logging.yml")))
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     import logging
 
     for name in ("great_expectations", "distributed", "distributed.scheduler", "distributed.nanny"):

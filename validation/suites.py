@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -308,11 +309,19 @@ _GX_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=1)
 def _ephemeral_context():
-    import great_expectations as gx
+    gx = _quiet_import()
 
     ctx = gx.get_context(mode="ephemeral")
     _quiet(ctx)
     return ctx
+
+
+def _quiet_import():
+    """great_expectations, with the logger it sets to INFO on import (a line per context created) at WARNING."""
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+    return gx
 
 
 def _quiet(ctx) -> None:
@@ -433,7 +442,7 @@ def quarantine_mask(df: pd.DataFrame, rules: list[Rule]) -> pd.Series:
 def write_reports(results: list[TableResult], frames_for_docs: dict[str, list[tuple[str, pd.DataFrame]]],
                   out_dir: Path) -> dict[str, str]:
     """quality/<table>.json + summary.json, and Data Docs HTML built by GX for the given frames."""
-    import great_expectations as gx
+    gx = _quiet_import()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for r in results:
