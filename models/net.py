@@ -170,9 +170,10 @@ class SeqRecNet(nn.Module):
         table = self.items.table() if table is None else table
         L = seq.shape[1]
         pos = torch.arange(L, device=seq.device).unsqueeze(0)
-        x = table[seq] + self.pos(pos + (self.cfg.max_len - L))
-        if self.etype is not None and self.gap is not None:
+        x = table[seq]
+        if self.etype is not None and self.gap is not None:  # this addition order keeps trained numerics
             x = x + self.etype(etype) + self.gap(gap)
+        x = x + self.pos(pos + (self.cfg.max_len - L))
         x = self.drop(self.in_norm(x))
         if self.lstm is not None:
             x = self.drop(self.lstm(x)[0])
