@@ -20,7 +20,7 @@ def test_the_preset_sets_the_published_configuration_and_explicit_settings_win()
     assert (m.encoder, m.layers, m.heads, m.dim, m.dropout) == ("transformer", 2, 1, 64, 0.1)
     assert not (m.item_view or m.user_view or m.attr_task or m.engage_task or m.repeat_bias or m.side_inputs)
     assert (m.next_loss, m.mixtures, m.transition_lags) == ("full", 1, 0)
-    assert (t.lr, t.batch_size, t.schedule, t.weight_decay) == (1e-3, 128, "constant", 0.0)
+    assert (t.lr, t.batch_size, t.schedule, t.weight_decay, t.epochs) == (1e-3, 128, "constant", 0.0, 300)
     mine = load_config(None, ["model.preset=sasrec-ce", "model.max_len=200", "train.lr=0.002"])
     assert mine.model.max_len == 200 and mine.train.lr == 0.002 and mine.train.batch_size == 128
     assert load_config(None, []).model.preset is None and load_config(None, []).train.lr == 1e-2
