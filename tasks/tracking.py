@@ -304,6 +304,19 @@ def training_curve(history: list[dict], path: Path) -> Path:
     return path
 
 
+def log_pyfunc(run_id: str, bundle: Path, wait_s: float):
+    """Log a bundle (a network's or a baseline's) as the run's pyfunc model: the same model code,
+    signature and input example for every version, so each serves alike."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        return patient(mlflow.pyfunc.log_model, wait_s, name="model",
+                       python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                       artifacts={"bundle": str(bundle)}, code_paths=[str(REPO / p) for p in CODE_PACKAGES],
+                       pip_requirements=pip_requirements(), signature=model_signature(),
+                       input_example=input_example(bundle))
+
+
 def _final_metrics(summary: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     m = summary.get("metrics") or {}
@@ -431,13 +444,7 @@ def _log_and_register(cfg: TrackingConfig, workdir: Path, run_dir: Path, config:
         quality = Path(run_dir) / "quality"
         if quality.is_dir():
             client.log_artifacts(rid, str(quality), artifact_path="quality")
-        with mlflow.start_run(run_id=rid):
-            info = patient(
-                mlflow.pyfunc.log_model, cfg.sqlite_wait_s, name="model",
-                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                artifacts={"bundle": str(bundle)}, code_paths=[str(REPO / p) for p in CODE_PACKAGES],
-                pip_requirements=pip_requirements(), signature=model_signature(),
-                input_example=input_example(bundle))
+        info = log_pyfunc(rid, bundle, cfg.sqlite_wait_s)
         mv = patient(mlflow.register_model, cfg.sqlite_wait_s, info.model_uri, cfg.model_name,
                                    tags={"seqrec.run_id": summary["run_id"],
                                          "prefect.flow_run_id": str(flow_run_id or ""),
@@ -559,13 +566,7 @@ def log_and_register_baseline(cfg: TrackingConfig, workdir: Path, run_dir: Path,
         path.write_text(json.dumps({"baseline": baseline, "data_version": summary.get("data_version"),
                                     "won_against_version": against, "metrics": metrics}, indent=2))
         client.log_artifact(rid, str(path))
-        with mlflow.start_run(run_id=rid):
-            info = patient(
-                mlflow.pyfunc.log_model, cfg.sqlite_wait_s, name="model",
-                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                artifacts={"bundle": str(bundle)}, code_paths=[str(REPO / p) for p in CODE_PACKAGES],
-                pip_requirements=pip_requirements(), signature=model_signature(),
-                input_example=input_example(bundle))
+        info = log_pyfunc(rid, bundle, cfg.sqlite_wait_s)
         test = metrics.get("test") or {}
         mv = patient(mlflow.register_model, cfg.sqlite_wait_s, info.model_uri, cfg.model_name,
                      tags={"kind": "baseline", "baseline": baseline,
