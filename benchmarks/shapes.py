@@ -27,7 +27,12 @@ from paired_runs import compare, run_arm  # noqa: E402
 SHAPES: dict[str, list[str]] = {
     "ml-100k": ["data.source=ml-100k"],
     "default": ["data.source=synthetic"],  # the generator's default: 2,000 users, 500 items, 100k events
-    "dense-successors": ["data.source=synthetic", "data.synthetic.follow=0.8"],
+    "dense-successors": ["data.source=synthetic", "data.synthetic.shape=dense-successors"],
+    # the sparse long-tail shape (median 6 events per user, Zipf 1.1, no side information) at a fifth
+    # of its users and items, so both arms fit a 2-core CPU in minutes (`--common train.max_seconds=300`)
+    "sparse-longtail-20k": ["data.source=synthetic", "data.synthetic.shape=sparse-longtail",
+                            "data.synthetic.users=10000", "data.synthetic.items=20000", "data.synthetic.events=100000"],
+    "sparse-longtail": ["data.source=synthetic", "data.synthetic.shape=sparse-longtail"],
 }
 ARMS = {"default": [], "sasrec-ce": ["model.preset=sasrec-ce"]}
 __doc__ += "\n".join(f"  {k}: {' '.join(v)}" for k, v in SHAPES.items())
