@@ -127,6 +127,19 @@ class DataVersion:
 
         return pq.read_table(self.sequences_path, columns=columns).to_pandas()
 
+    def flat_sequences(self, columns: list[str]) -> tuple[pd.DataFrame, dict[str, np.ndarray], np.ndarray]:
+        """The sequences without a Python object per user: (per-user scalars user_idx, n_events,
+        n_train; the named list columns flattened over all users in row order; each user's offset
+        into them, n_users + 1 long). Rows are in the order `sequences()` returns them."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.sequences_path, columns=["user_idx", "n_events", "n_train", *columns])
+        flat = {c: pc.list_flatten(table[c].combine_chunks()).to_numpy(zero_copy_only=False) for c in columns}
+        lengths = table["n_events"].to_numpy().astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return table.select(["user_idx", "n_events", "n_train"]).to_pandas(), flat, offsets
+
     def item_vocab(self) -> pd.DataFrame:
         return pd.read_parquet(self.vocab_dir / "items.parquet")
 

@@ -297,3 +297,19 @@ def test_a_combined_variation_runs_through_the_flow_like_the_plain_log(tmp_path,
     assert outs["odd"]["dataset"] == outs["plain"]["dataset"]
     seqs = [DataVersion(Path(o["data_path"])).sequences().drop(columns=[]) for o in outs.values()]
     pd.testing.assert_frame_equal(*(s.sort_values("user_idx").reset_index(drop=True).astype(str) for s in seqs))
+
+
+def test_engagement_types_that_occur_nowhere_are_refused(tmp_path, client, cache_dir):
+    """views.engage_event_types is compared as the data is normalised; set to types that occur nowhere
+    it would give no positives at all, so it is an error naming the types there are."""
+    from seqrec.errors import ConfigError
+    from tasks.features import ViewsConfig, sequence_view
+
+    ev, us, it = base_log()
+    processed(client, tmp_path / "wd", _cfg(_write(ev, tmp_path / "events.parquet"), _tables(tmp_path, us, it)))
+    version = next(p for p in (tmp_path / "wd" / "data").iterdir() if p.is_dir() and not p.name.startswith("."))
+    labels = sequence_view(version, ViewsConfig(engage_event_types=[" Purchase"]))["engage"]
+    assert sum(int(x.sum()) for x in labels) > 0
+    with pytest.raises(ConfigError, match=r"engage_event_types=\['checkout'\] matches none of the events' types: "
+                                          r"view, click, cart, purchase"):
+        sequence_view(version, ViewsConfig(engage_event_types=["Checkout"]))
