@@ -96,7 +96,7 @@ class PipelineRun:
                  refresh: bool) -> None:
         from prefect.runtime import flow_run
 
-        from tasks.stages import result_storage
+        from tasks.results import result_storage
         from tasks.tracking import registry_dir
 
         if until is not None and until not in STAGES:

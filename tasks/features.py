@@ -44,7 +44,6 @@ class ViewsConfig(BaseModel):
                                 "distribution of the user's training events (one summary of all of them, so a "
                                 "training position sees its own future; the profile attributes have no such skew)")
 
-
     @field_validator("engage_event_types")
     @classmethod
     def _normalised(cls, v: list[str]) -> list[str]:
@@ -209,11 +208,11 @@ def _activity(ts: np.ndarray, values: np.ndarray, offsets: np.ndarray, n_train: 
     their time span and recency in days, and the mean of their non-null values (as float32, the
     values' type: the same numbers a per-user np.nanmean gives)."""
     has = n_train > 0
-    first = offsets[:-1][has]
+    first, final = offsets[:-1][has], offsets[:-1][has] + n_train[has] - 1
     last = np.full(len(n_train), np.nan)
-    last[has] = ts[first + n_train[has] - 1]
+    last[has] = ts[final]
     span = np.full(len(n_train), np.nan)
-    span[has] = (ts[first + n_train[has] - 1] - ts[first]) / 86400
+    span[has] = (ts[final] - ts[first]) / 86400
     user_of = np.repeat(np.arange(len(n_train)), np.diff(offsets))
     known = _train_mask(offsets, n_train) & ~np.isnan(values)
     total = np.bincount(user_of[known], weights=values[known].astype(np.float64), minlength=len(n_train))

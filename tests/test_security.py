@@ -124,7 +124,8 @@ def test_cached_results_are_typed_json_and_a_planted_pickle_never_runs(tmp_path,
     from prefect._internal.result_records import ResultRecord
 
     from tasks.features import ViewsConfig, views_path
-    from tasks.stages import features_task, result_storage
+    from tasks.results import result_storage
+    from tasks.stages import features_task
 
     wd = tmp_path / "wd"
     data = wd / "data" / "v1"
@@ -166,7 +167,7 @@ def test_cached_results_are_typed_json_and_a_planted_pickle_never_runs(tmp_path,
 
 def test_the_result_serializer_reads_known_types_only():
     from tasks.preprocess import PreprocessResult
-    from tasks.stages import ResultFileError, TypedJSONSerializer, checked_record
+    from tasks.results import ResultFileError, TypedJSONSerializer, checked_record
 
     ser = TypedJSONSerializer()
     res = PreprocessResult(data_version="abc", path="/w/data/abc", counts={"users": 3}, drops={"dup": 1}, seconds=1.5)
