@@ -23,10 +23,10 @@ test: $(STAMP)  ## the default suite (slow end-to-end tests excluded)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -q
 
 lint: $(STAMP)  ## ruff over the code, tests and benchmarks (rules in pyproject.toml)
-	$(BIN)/ruff check seqrec flows tasks models validation tests benchmarks
+	$(BIN)/ruff check seqrec flows serving tasks models validation tests benchmarks
 
 typecheck: $(STAMP)  ## mypy on the core packages (the CLI on top is left to its tests)
-	$(BIN)/mypy seqrec models validation
+	$(BIN)/mypy seqrec serving models validation
 
 test-all: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q

@@ -19,6 +19,7 @@ from seqrec.paths import (PathsConfig, check_name, check_uri, check_workdir, fil
                           resolve)
 from seqrec.servers import ServerConfig
 from models.net import ModelConfig
+from serving.config import ServeConfig
 from models.train import TrainConfig
 from tasks.ab import ABConfig
 from tasks.dask_cluster import DaskConfig
@@ -56,6 +57,7 @@ class PipelineConfig(BaseModel):
     server: ServerConfig = ServerConfig()
     paths: PathsConfig = PathsConfig()
     select: SelectConfig = SelectConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _ab_baseline_is_evaluated(self) -> "PipelineConfig":
@@ -137,12 +139,16 @@ def check_paths(config: PipelineConfig, workdir: str | Path) -> PipelineConfig:
         dask.local_directory = str(output_path("dask.local_directory", dask.local_directory, wd, roots, "dir"))
     for name, kind in WORKDIR_OUTPUTS.items():
         output_path(f"<workdir>/{name}", str(wd / name), wd, roots, kind)
-    return config.model_copy(update={"data": data, "tracking": tracking, "dask": dask})
+    serve = config.serve.model_copy()
+    if serve.store_path:
+        serve.store_path = str(output_path("serve.store_path", serve.store_path, wd, roots, "file"))
+    return config.model_copy(update={"data": data, "tracking": tracking, "dask": dask, "serve": serve})
 
 
 # what seqrec writes in a work directory itself: a symlink there must not lead a writer elsewhere
 WORKDIR_OUTPUTS = {"data": "dir", "runs": "dir", "checkpoints": "dir", "prefect-results": "dir", "mlartifacts": "dir",
-                   "mlflow.db": "file", "registry": "dir", "scores": "dir", "dask-scratch": "dir"}
+                   "mlflow.db": "file", "registry": "dir", "scores": "dir", "dask-scratch": "dir",
+                   "serving": "dir"}
 
 
 def check_tracking(tracking: TrackingConfig, wd: Path, roots: list[Path]) -> TrackingConfig:

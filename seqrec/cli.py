@@ -345,6 +345,70 @@ def score(
                f"({stats['users_per_s']:.0f} users/s)")
 
 
+@app.command("serve-model")
+def serve_model(
+    host: Annotated[Optional[str], typer.Option(help="bind address (default serve.host, 127.0.0.1)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="default serve.port (8080)")] = None,
+    alias: Annotated[Optional[str], typer.Option(help="the alias to answer with and follow (default champion)")] = None,
+    poll_s: Annotated[Optional[float], typer.Option(help="how often the aliases are checked (default 10 s)")] = None,
+    config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec"),
+) -> None:
+    """Serve the champion over HTTP (POST /recommend, /recommend/batch, /events, /invocations; GET
+    /health, /ready, /metrics), following its alias: a promotion or rollback is served without a
+    restart. SIGHUP checks the alias at once."""
+    from seqrec.errors import SeqrecError
+
+    cfg, workdir = _config(config, set_, workdir)
+    changes = {k: v for k, v in {"host": host, "port": port, "alias": alias, "poll_s": poll_s}.items() if v is not None}
+    try:
+        from serving.config import ServeConfig
+        from serving.service import run as serve_run
+
+        scfg = ServeConfig.model_validate({**cfg.serve.model_dump(), **changes})
+        typer.echo(f"seqrec serving @{scfg.alias} of '{cfg.tracking.model_name}' on http://{scfg.host}:{scfg.port} "
+                   f"(alias checked every {scfg.poll_s:g}s; GET /ready says when a model is loaded)")
+        serve_run(scfg, cfg.tracking, workdir)
+    except (SeqrecError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command("serve-report")
+def serve_report(
+    config: ConfigOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = Path(".seqrec"),
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """The online A/B replayed from the service's impressions: each logged list scored against the
+    user's next event, per user, with the offline gate's paired statistics."""
+    from seqrec.errors import SeqrecError
+
+    cfg, workdir = _config(config, set_, workdir)
+    from serving.replay import online_report
+    from serving.service import store_path
+    from serving.store import open_store
+
+    try:
+        store = open_store(cfg.serve.store, store_path(cfg.serve, workdir))
+        rep = online_report(store, cfg.ab, cfg.serve.outcome_horizon_s, cfg.seed)
+    except SeqrecError as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(rep, indent=2))
+        return
+    typer.echo(rep["text"])
+
+
+def _config(config: Optional[Path], set_: Optional[list[str]], workdir: Path):
+    """(PipelineConfig with checked paths, absolute workdir)."""
+    _env_defaults()
+    from flows.config import check_paths, load_config
+    from seqrec.errors import SeqrecError
+
+    try:
+        return check_paths(load_config(config, set_ or []), workdir), workdir.resolve()
+    except SeqrecError as e:
+        _fail(str(e))
+
+
 # --------------------------------------------------------------------------- servers and deployments
 
 server_app = typer.Typer(no_args_is_help=True, help="Local Prefect + MLflow servers (127.0.0.1 by default).")

@@ -37,6 +37,8 @@ from seqrec.encoding import ITEM_FIRST, ITEM_UNKNOWN, USER_UNKNOWN, gap_buckets_
 from seqrec.errors import SeqrecError
 
 BUNDLE_FORMAT = 1
+ITEM_INFO = "item_info.parquet"  # item side information by item_idx; bundles from before it have none
+MULTI_SEP = "|"
 
 
 def load_net(views: Path, mcfg: ModelConfig, n_items: int, n_users: int) -> SeqRecNet:
@@ -114,6 +116,9 @@ def _write_histories(out: Path, dv: DataVersion, exclude_seen: bool, kind: dict)
     """What every bundle has: vocabularies, each user's history and bundle.json (encoding rules)."""
     for name in ("items.parquet", "users.parquet"):
         shutil.copy2(dv.vocab_dir / name, out / name)
+    info_table = dv.items_table()
+    if len(info_table.columns) > 1:  # what a served answer shows next to an item id (titles, attributes)
+        info_table.drop(columns=[c for c in ("item_id",) if c in info_table]).to_parquet(out / ITEM_INFO, index=False)
     seq = dv.sequences(["user_id", "user_idx", "items", "event_types", "gap_buckets", "timestamps", "n_train"])
     seq["last_timestamp"] = [int(t[-1]) for t in seq["timestamps"]]
     # what the model learned from, per user: the A/B refuses to judge it on those events later
@@ -131,6 +136,7 @@ def _write_histories(out: Path, dv: DataVersion, exclude_seen: bool, kind: dict)
         "default_event_type": int(np.bincount(etypes).argmax()) if len(etypes) else 1,
         "default_gap_bucket": int(np.bincount(gaps).argmax()) if len(gaps) else 2,
         "exclude_seen": bool(exclude_seen),
+        "item_multi": list(dv.schema.get("item_multi", [])),  # `|`-separated attributes of item_info.parquet
     }
     (out / "bundle.json").write_text(json.dumps(info, indent=2))
 
@@ -174,6 +180,8 @@ class Scorer:
         self.hist_train_last = (hist["train_last_timestamp"].to_numpy(np.int64)
                                 if "train_last_timestamp" in hist else None)
         self.hist_train_n = hist["train_events"].to_numpy(np.int64) if "train_events" in hist else None
+        self.hist_last_ts = hist["last_timestamp"].to_numpy(np.int64) if "last_timestamp" in hist else None
+        self.item_info = self._load_item_info(root)
         self.etype_index = pd.Index(self.info["event_types"])
         self.edges = np.asarray(self.info["gap_bucket_edges_s"], np.int64)
         self.net: SeqRecNet | None = None
@@ -203,6 +211,26 @@ class Scorer:
         n = self.n_items
         self.baseline = BASELINES[name](train, n)
         return np.bincount(np.concatenate(train), minlength=n).astype(np.float64) if train else np.zeros(n)
+
+    def _load_item_info(self, root: Path) -> pd.DataFrame:
+        """Item side information, one row per item index (empty columns for a bundle without it)."""
+        frame = pd.DataFrame(index=pd.RangeIndex(self.n_items, name="item_idx"))
+        if (root / ITEM_INFO).is_file():
+            table = pd.read_parquet(root / ITEM_INFO).set_index("item_idx")
+            frame = frame.join(table)
+        return frame
+
+    def attribute_mask(self, column: str, values: list[str]) -> np.ndarray:
+        """(n_items,) bool: items whose attribute `column` is one of `values` (for a `|`-separated
+        multi-valued attribute: has one of them). A KeyError names an unknown attribute."""
+        if column not in self.item_info.columns:
+            raise KeyError(column)
+        col = self.item_info[column]
+        wanted = {str(v) for v in values}
+        if column in self.info.get("item_multi", []):
+            parts = col.astype("string").fillna("").str.split(MULTI_SEP, regex=False)
+            return np.array([bool(wanted.intersection(p)) for p in parts], bool)
+        return col.astype("string").isin(list(wanted)).fillna(False).to_numpy(bool)
 
     # ------------------------------------------------------------------ encoding
 
@@ -246,6 +274,30 @@ class Scorer:
                        [np.asarray(self.hist["event_types"][r], np.int64) for r in rows],
                        [np.asarray(self.hist["gap_buckets"][r], np.int64) for r in rows],
                        self.hist_user_idx[rows])
+
+    def extended(self, rows: np.ndarray, items: list[list], event_types: list[list | None],
+                 timestamps: list[list | None]) -> Encoded:
+        """Stored histories (row -1: a user the model never saw, empty) followed by events that
+        arrived after them (item ids, optional event types and unix-second timestamps): the first
+        new event's gap is measured from the user's last stored event, as preprocessing would."""
+        stored = self.stored(np.maximum(rows, 0))
+        new = self.encode(items, None, event_types, timestamps)
+        out = Encoded([], [], [], np.where(rows >= 0, stored.users, USER_UNKNOWN).astype(np.int64))
+        for j, r in enumerate(rows):
+            known = r >= 0
+            gaps = new.gaps[j]
+            ts = timestamps[j] if timestamps is not None else None
+            if known and len(gaps):
+                if ts is not None and len(ts) == len(gaps) and self.hist_last_ts is not None:
+                    gaps = gap_buckets_of(np.concatenate([[self.hist_last_ts[r]], np.asarray(ts, np.int64)]),
+                                          self.edges)[1:].astype(np.int64)
+                else:
+                    gaps = np.full(len(gaps), self.info["default_gap_bucket"], np.int64)
+            cut = len(stored.items[j]) if known else 0
+            out.items.append(np.concatenate([stored.items[j][:cut], new.items[j]]))
+            out.etypes.append(np.concatenate([stored.etypes[j][:cut], new.etypes[j]]))
+            out.gaps.append(np.concatenate([stored.gaps[j][:cut], gaps]))
+        return out
 
     def encode(self, histories: list, user_ids: list | None = None, event_types: list | None = None,
                timestamps: list | None = None) -> Encoded:
@@ -306,13 +358,20 @@ class Scorer:
         s = self.scores(enc)[:, torch.as_tensor(col)]
         return s
 
-    def top_k(self, enc: Encoded, k: int, exclude_seen: bool | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def top_k(self, enc: Encoded, k: int, exclude_seen: bool | None = None, blocked: list[np.ndarray] | None = None,
+              allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, k') item indices and scores, best first, and per row how many of them are
         recommendations (`n`): rankable items only, never padding, the unknown item, a seen item
-        when seen items are excluded, or a -inf/NaN score. k' = min(k, the most any row can rank);
-        a row's entries past its `n` are filler and must not be served."""
+        when seen items are excluded, a row's `blocked` items, an item outside `allowed` ((B,
+        n_items) bool) or a -inf/NaN score. k' = min(k, the most any row can rank); a row's entries
+        past its `n` are filler and must not be served."""
         s = self.scores(enc)
+        if blocked is not None:
+            rows = np.repeat(np.arange(len(blocked)), [len(b) for b in blocked])
+            if len(rows):
+                s[torch.as_tensor(rows), torch.as_tensor(np.concatenate(blocked).astype(np.int64))] = -torch.inf
+        if allowed is not None:
+            s[~torch.as_tensor(allowed)] = -torch.inf
         if self.info["exclude_seen"] if exclude_seen is None else exclude_seen:
             rows = np.repeat(np.arange(len(enc.items)), [len(h) for h in enc.items])
             if len(rows):
