@@ -21,6 +21,7 @@ from typing import Any, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from seqrec.errors import SeqrecError
 from serving.engine import Answer, BatchRequest, EventsRequest, RecommendRequest, Recommender, RequestError
 
 log = logging.getLogger("seqrec.serve")
@@ -163,7 +164,7 @@ def create_app(recommender: Recommender, metrics: Metrics, on_start: Callable[[]
             raise LookupError(f"no model loaded for @{cfg.alias} yet")
         try:
             out = await anyio.to_thread.run_sync(lambda: model.scorer.recommend(frame, k=10))
-        except ValueError as e:  # SeqrecError and pandas' conversions: the input's fault
+        except (SeqrecError, ValueError) as e:  # the pyfunc's input rules and pandas' conversions
             raise RequestError(f"invocations: {e}") from None
         return {"predictions": out.to_dict(orient="records")}
 

@@ -124,3 +124,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+REGISTRY_SYNTH = {"users": 600, "items": 100, "events": 24_000, "seed": 7}
+REGISTRY_BASE = {"data": {"source": "synthetic", "synthetic": REGISTRY_SYNTH},
+                 "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2},
+                 "model": {"dim": 32, "max_len": 20}, "train": {"batch_size": 64, "threads": 1, "progress": False},
+                 "ab": {"baseline": "pop", "latency_users": 30}}
+
+
+def registry_cfg(**changes):
+    from flows.config import validate_config
+
+    return validate_config(with_changes(REGISTRY_BASE, **changes))
+
+
+@pytest.fixture(scope="session")
+def registry_scenario(tmp_path_factory, prefect_harness, cache_dir):
+    """Four real training runs into one registry (shared by the registry and serving tests):
+    medium (first run, vs the Pop baseline) -> crippled -> strong -> strong again (same seed)."""
+    from flows.training import training_flow
+
+    wd = tmp_path_factory.mktemp("registry") / "wd"
+    # medium stops at 3 epochs (inside the warm-up) so that strong is clearly better: since the side
+    # embeddings start at the id scale 9 epochs already came within noise of 15
+    runs = {"medium": registry_cfg(train__epochs=3), "crippled": registry_cfg(train__epochs=1, train__lr=1e-5),
+            "strong": registry_cfg(train__epochs=15), "same": registry_cfg(train__epochs=15)}
+    out = {name: training_flow(config=cfg, workdir=str(wd), run_id=name) for name, cfg in runs.items()}
+    return wd, out

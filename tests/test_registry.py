@@ -16,34 +16,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import with_changes
+from tests.conftest import REGISTRY_SYNTH as SYNTH
+from tests.conftest import registry_cfg as _cfg
 
-SYNTH = {"users": 600, "items": 100, "events": 24_000, "seed": 7}
-BASE = {"data": {"source": "synthetic", "synthetic": SYNTH},
-        "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2},
-        "model": {"dim": 32, "max_len": 20}, "train": {"batch_size": 64, "threads": 1, "progress": False},
-        "ab": {"baseline": "pop", "latency_users": 30}}
 SEQREC = str(Path(sys.executable).with_name("seqrec"))
 
 
-def _cfg(**changes):
-    from flows.config import validate_config
-
-    return validate_config(with_changes(BASE, **changes))
-
-
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory, prefect_harness, cache_dir):
-    """medium (first run, vs the Pop baseline) -> crippled -> strong -> strong again (same seed)."""
-    from flows.training import training_flow
-
-    wd = tmp_path_factory.mktemp("registry") / "wd"
-    # medium stops at 3 epochs (inside the warm-up) so that strong is clearly better: since the side
-    # embeddings start at the id scale 9 epochs already came within noise of 15
-    runs = {"medium": _cfg(train__epochs=3), "crippled": _cfg(train__epochs=1, train__lr=1e-5),
-            "strong": _cfg(train__epochs=15), "same": _cfg(train__epochs=15)}
-    out = {name: training_flow(config=cfg, workdir=str(wd), run_id=name) for name, cfg in runs.items()}
-    return wd, out
+def scenario(registry_scenario):
+    return registry_scenario
 
 
 def _registry(wd: Path):
