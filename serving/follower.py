@@ -62,6 +62,19 @@ def load_version(alias: str, version: int, fetch: Callable[[int, Path], Path], t
     return Loaded(alias, int(version), scorer, time.time(), time.perf_counter() - t, item_records(scorer))
 
 
+def settle_heap() -> None:
+    """Collect once, then move every live object out of the cyclic collector's reach (gc.freeze).
+    A loaded model is millions of long-lived objects (histories, item records); left to the
+    collector, each full collection walks them all and stalls requests for ~150 ms (p95 at 32
+    clients went from 28 to 182 ms). Unfreezing first lets the collection free the cycles of the
+    version just replaced."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ModelFollower:
     """The loaded version of each followed alias, kept in step with the registry."""
 
@@ -122,6 +135,7 @@ class ModelFollower:
                 log.info("@%s: now version %d (was %s; loaded in %.2fs)", alias, version,
                             have.version if have else "none", loaded.load_seconds)
                 self.on_change(alias, loaded, "loaded")
+                settle_heap()
         return changed
 
     def _failed(self, alias: str, message: str) -> None:
