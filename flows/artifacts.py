@@ -82,3 +82,12 @@ def summary_artifact(summary: dict[str, Any]) -> None:
         lines.append(f"\nregistered {s['model']['name']} version {s['model']['version']}; "
                      f"promoted: {s.get('promoted')}; champion: {s.get('champion')}")
     create_markdown_artifact("\n".join(lines), key="run-summary", description=f"seqrec run {s['run_id']}")
+
+
+def drift_artifact(report) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(report.markdown(), key="drift-report",
+                             description="today's data against the champion's: " +
+                                         ("no reference" if report.reference is None else
+                                          "within limits" if report.passed else "OVER the drift limits"))

@@ -23,6 +23,7 @@ from serving.config import ServeConfig
 from models.train import TrainConfig
 from tasks.ab import ABConfig
 from tasks.dask_cluster import DaskConfig
+from tasks.drift import DriftConfig
 from tasks.features import ViewsConfig
 from tasks.preprocess import PreprocessConfig
 from tasks.select import Candidate, SelectConfig, candidate_trees
@@ -58,6 +59,7 @@ class PipelineConfig(BaseModel):
     paths: PathsConfig = PathsConfig()
     select: SelectConfig = SelectConfig()
     serve: ServeConfig = ServeConfig()
+    drift: DriftConfig = DriftConfig()
 
     @model_validator(mode="after")
     def _ab_baseline_is_evaluated(self) -> "PipelineConfig":

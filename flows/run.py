@@ -22,8 +22,8 @@ from seqrec.errors import ConfigError, SeqrecError
 from seqrec.paths import check_name
 from seqrec.fsutil import write_json_atomic
 
-STAGES = ["ingest", "validate_raw", "preprocess", "validate_processed", "features", "select", "train", "evaluate",
-          "register", "compare", "promote"]
+STAGES = ["ingest", "validate_raw", "preprocess", "validate_processed", "features", "drift", "select", "train",
+          "evaluate", "register", "compare", "promote"]
 # a data version becomes visible only after the processed gate passed: --until preprocess includes it
 LAST_STAGE_OF = {"preprocess": "validate_processed"}
 

@@ -77,6 +77,43 @@ def with_protocol(run: PipelineRun, data: pre.PreprocessResult):
     return run.config.model_copy(update={"eval": ecfg})
 
 
+def drift(run: PipelineRun, data: pre.PreprocessResult) -> None:
+    """The drift report against the champion's data and its gate (drift.mode), before any training."""
+    from flows.artifacts import drift_artifact
+    from tasks.stages import drift_task
+
+    c = run.config
+    if c.drift.mode == "off":
+        run.stop_if_until("drift")
+        return
+    report = run.stage("drift", drift_task, stop=False, dcfg=c.drift, tracking=c.tracking, workdir=run.workdir,
+                       data_path=data.path, run_dir=run.dir)
+    artifact(drift_artifact, report)
+    run.stop_if_until("drift")
+
+
+def warm_start(run: PipelineRun, c) -> dict | None:
+    """With `train.init_from=champion`: the champion's bundle, downloaded into the run directory, for
+    the training job to start from; None for a cold start (asked for, or nothing to start from)."""
+    if c.train.init_from == "none":
+        return None
+    from tasks.registry import open_registry
+    from tasks.tracking import bundle_of
+
+    reg = open_registry(c.tracking, run.workdir, require_shared=False)
+    champion = reg.champion()
+    if champion is None:
+        run.log.info("train.init_from=champion: no champion yet, a cold start")
+        run.data["warm_start"] = {"from": None, "note": "no champion yet"}
+        return None
+    if (reg.version(champion).tags or {}).get("kind") == "baseline":
+        run.log.info("train.init_from=champion: the champion (version %d) is a baseline, a cold start", champion)
+        run.data["warm_start"] = {"from": None, "note": f"champion version {champion} is a baseline"}
+        return None
+    bundle = bundle_of(reg.client, reg.name, champion, run.dir / "init")
+    return {"bundle": str(bundle), "label": f"{reg.name} v{champion}"}
+
+
 def select_model(run: PipelineRun, c, data_path: str, views: Path):
     """With `select.auto`: the candidates trained briefly and compared on validation; the run's config
     with the winner's model and training settings (unchanged without select.auto)."""

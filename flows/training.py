@@ -1,5 +1,5 @@
 """The training flow: ingest -> validate raw -> preprocess -> validate processed -> features ->
-train -> evaluate -> register -> compare -> promote.
+drift -> [select] -> train -> evaluate -> register -> compare -> promote.
 
 Composition only: which stage, in what order, with what config section. Per-stage bookkeeping
 (timing, the run summary, `--until`, artifacts) is flows/run.py's; the stages' tasks are
@@ -40,10 +40,11 @@ def training_flow(config: PipelineConfig = PipelineConfig(), workdir: str = ".se
             data = stages.data_version(run, pool, inputs, raw)
             views = stages.views(run, pool, data).path
         c = stages.with_protocol(run, data)  # eval.exclude_seen decided on this data version
+        stages.drift(run, data)  # today's data against the champion's: report, and drift.mode=stop refuses
         c = stages.select_model(run, c, data.path, views)  # select.auto: the model chosen on validation
         ecfg = c.eval
         model = run.stage("train", train_task, data_path=data.path, views=views, mcfg=c.model, tcfg=c.train,
-                          seed=c.seed, ecfg=ecfg, workdir=wd, run_dir=run.dir)
+                          seed=c.seed, ecfg=ecfg, workdir=wd, run_dir=run.dir, init=stages.warm_start(run, c))
         run.stage("evaluate", evaluate_task, data_path=data.path, views=views, mcfg=c.model, tcfg=c.train, ecfg=ecfg,
                   model_path=model.model_path, run_dir=run.dir)
         version = run.stage("register", register_task, tracking=c.tracking, mcfg=c.model,

@@ -58,6 +58,9 @@ class TrainConfig(BaseModel):
                                                    "auto = on CUDA only; never the LSTM (it does not compile)")
     eval_every: int = 1
     progress: bool = True
+    init_from: Literal["none", "champion"] = Field(
+        "none", description="champion: start from the registered champion's weights (items matched by id; "
+                            "tasks/warm.py), the scheduled retrain's warm start")
 
 
 def compile_attention(net: SeqRecNet, cfg: TrainConfig, device: torch.device) -> bool:
@@ -194,10 +197,15 @@ class TrainJob(BaseModel):
     train: TrainConfig
     seed: int = 0
     exclude_seen: bool = True
+    init: str = Field("", description="the weights a warm start began from (model name and version)")
 
     def identity(self) -> dict:
-        return {"data": self.data, "model": self.model.model_dump(), "seed": self.seed,
-                "exclude_seen": self.exclude_seen, "train": self.train.model_dump(exclude=RESUMABLE_CHANGES)}
+        # a cold start's identity is what it was before warm starts existed (its checkpoints resume)
+        cold = self.train.init_from == "none"
+        out = {"data": self.data, "model": self.model.model_dump(), "seed": self.seed,
+               "exclude_seen": self.exclude_seen,
+               "train": self.train.model_dump(exclude=RESUMABLE_CHANGES | ({"init_from"} if cold else set()))}
+        return out if cold else {**out, "init": self.init}
 
     def key(self) -> str:
         return stable_hash(self.identity(), n=16)
@@ -209,7 +217,7 @@ class Trainer:
 
     def __init__(self, net: SeqRecNet, seqs: Sequences, cfg: TrainConfig, seed: int, ckpt_dir: Path | None,
                  log=print, exclude_seen: bool = True, dist: DistContext = SINGLE,
-                 item_chunk: int = DEFAULT_ITEM_CHUNK, data: str = "") -> None:
+                 item_chunk: int = DEFAULT_ITEM_CHUNK, data: str = "", init: str = "") -> None:
         self.net, self.seqs, self.cfg, self.seed, self.dist = net, seqs, cfg, seed, dist
         self.log = log if dist.is_main else (lambda msg: None)
         self.exclude_seen = exclude_seen  # model selection uses the same protocol as the final evaluation
@@ -238,7 +246,7 @@ class Trainer:
         # resuming another job's state (an explicit --ckpt-dir shared by two configs) would silently
         # continue a different run
         self.job = json.dumps(TrainJob(data=data, model=net.cfg, train=cfg, seed=seed,
-                                       exclude_seen=exclude_seen).identity(), sort_keys=True)
+                                       exclude_seen=exclude_seen, init=init).identity(), sort_keys=True)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch: int, rank_rng: list[torch.Tensor]) -> dict:

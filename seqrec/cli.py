@@ -383,8 +383,7 @@ def serve_report(
 
     cfg, workdir = _config(config, set_, workdir)
     from serving.replay import online_report
-    from serving.service import store_path
-    from serving.store import open_store
+    from serving.service import open_store, store_path
 
     try:
         store = open_store(cfg.serve.store, store_path(cfg.serve, workdir))

@@ -66,8 +66,8 @@ def settle_heap() -> None:
     """Collect once, then move every live object out of the cyclic collector's reach (gc.freeze).
     The service holds hundreds of thousands of long-lived objects (the libraries, the model's
     histories and item records); left to the collector, each full collection walks them all and
-    stalls requests for ~150 ms (on ml-100k, p95 at 32 clients 182 ms without, 28 ms with). Unfreezing first lets the collection free the cycles of the
-    version just replaced."""
+    stalls requests for ~150 ms (on ml-100k, p95 at 32 clients 182 ms without, 28 ms with).
+    Unfreezing first lets the collection free the cycles of the version just replaced."""
     import gc
 
     gc.unfreeze()

@@ -14,7 +14,7 @@ from serving.app import Metrics, create_app
 from serving.config import ServeConfig
 from serving.engine import Recommender
 from serving.follower import ModelFollower, registry_follower
-from serving.store import EventStore, open_store
+from serving.store import EventStore, SQLiteStore
 
 
 @dataclass
@@ -24,6 +24,15 @@ class Service:
     store: EventStore
     recommender: Recommender
     metrics: Metrics
+
+
+def open_store(store: str, path: Path) -> EventStore:
+    """The configured store (serve.store): the embedded SQLite file, or Redis for several replicas."""
+    if store == "sqlite":
+        return SQLiteStore(path)
+    from serving.redis_store import RedisStore
+
+    return RedisStore(store)
 
 
 def store_path(cfg: ServeConfig, workdir: Path) -> Path:

@@ -113,11 +113,3 @@ class SQLiteStore:
         with self._lock:
             self._db.close()
 
-
-def open_store(store: str, path: Path) -> EventStore:
-    """The configured store (serve.store)."""
-    if store == "sqlite":
-        return SQLiteStore(path)
-    from serving.redis_store import RedisStore
-
-    return RedisStore(store)

@@ -141,6 +141,11 @@ class DataConfig(BaseModel):
     ml100k_dir: str | None = Field(None, description="local GroupLens dir (u.data/u.user/u.item)")
     synthetic: SynthConfig = SynthConfig()
     cache_dir: str | None = Field(None, description="default: $SEQREC_CACHE_DIR or ~/.cache/seqrec")
+    partition_key: str = Field("date", description="Hive-style partition folders `<key>=<value>` under "
+                               "data.events (e.g. events/date=2026-11-30/)")
+    until: str | None = Field(None, description="read only the event partitions whose <partition_key> value is <= "
+                              "this (values compare as text: ISO dates sort in time); `today` / `yesterday`: that "
+                              "UTC date (YYYY-MM-DD) when the run starts, for a scheduled run; default: all files")
 
     @field_validator("null_event_type")
     @classmethod
@@ -160,8 +165,17 @@ class ResolvedInputs(BaseModel):
     fingerprint: str
     timestamp_unit: TimestampUnit = "s"
     null_event_type: str | None = "event"
+    partitions: list[str] = []  # the partition values read (data.until), oldest first
 
     model_config = ConfigDict(populate_by_name=True)
+
+    def summary(self) -> dict:
+        """What the run summary records of the inputs: the partitions read, when a cut-off chose them."""
+        if not self.partitions:
+            return {}
+        return {"inputs": {"partitions": self.partitions, "event_files": len(self.events),
+                           "incremental": "no: the k-core filter, the vocabularies and the split are functions of the "
+                                          "whole log, so the data version is rebuilt from all partitions read"}}
 
     def event_format(self) -> EventFormat:
         return EventFormat(self.columns.model_dump(), self.timestamp_unit, self.null_event_type)
@@ -344,6 +358,39 @@ def expand_paths(spec: str, what: str) -> list[str]:
     return files
 
 
+def partition_of(path: str, root: str, key: str) -> str | None:
+    """The value of the `<key>=<value>` folder a file lies in (below `root`), None outside one."""
+    r = Path(root).expanduser()
+    rel = Path(path).relative_to(r) if r.is_dir() else Path(path)
+    found = [part.split("=", 1)[1] for part in rel.parts[:-1] if part.startswith(f"{key}=")]
+    return found[-1] if found else None
+
+
+def cut_off(until: str) -> str:
+    """`today` / `yesterday` as the UTC date (YYYY-MM-DD); any other value as it is."""
+    import datetime as dt
+
+    days = {"today": 0, "yesterday": 1}.get(until)
+    if days is None:
+        return until
+    return (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days)).isoformat()
+
+
+def partitions_until(files: list[str], root: str, key: str, until: str) -> tuple[list[str], list[str]]:
+    """The files of the partitions `<key>=<value>` with value <= `until`, and those values. Files
+    outside any partition folder are an error: a cut-off cannot place them in time."""
+    values = [partition_of(f, root, key) for f in files]
+    loose = [f for f, v in zip(files, values) if v is None]
+    if loose:
+        raise DataContractError(loose[0], None, f"data.until={until!r}: this file is not inside a "
+                                f"`{key}=<value>` folder (data.partition_key={key!r}), so the cut-off cannot place it")
+    keep = [f for f, v in zip(files, values) if v is not None and v <= until]
+    if not keep:
+        raise DataContractError(root, None, f"data.until={until!r}: no partition `{key}=<value>` with a value <= it "
+                                f"(the earliest is {min(v for v in values if v is not None)!r})")
+    return keep, sorted({v for f, v in zip(files, values) if f in set(keep) and v is not None})
+
+
 def _bookkeeping(rel: Path) -> bool:
     return any(part.startswith((".", "_")) for part in rel.parts)
 
@@ -355,6 +402,9 @@ def fingerprint_files(files: list[str | None]) -> str:
 def resolve_inputs(cfg: DataConfig) -> ResolvedInputs:
     """Turn the configured source into concrete files (fetching/generating into the cache)."""
     cache = cache_root(cfg)
+    partitions: list[str] = []
+    if cfg.until is not None and cfg.source != "files":
+        raise SeqrecError(f"data.until={cfg.until!r} selects partitions of data.events: it needs data.source=files")
     if cfg.source == "ml-100k":
         root = fetch_ml100k(cache, Path(cfg.ml100k_dir) if cfg.ml100k_dir else None)
         verify_cached(root)
@@ -381,6 +431,8 @@ def resolve_inputs(cfg: DataConfig) -> ResolvedInputs:
         if not cfg.events:
             raise DataContractError(None, None, "data.events must be set when data.source=files")
         events = expand_paths(cfg.events, "events")
+        if cfg.until is not None:
+            events, partitions = partitions_until(events, cfg.events, cfg.partition_key, cut_off(cfg.until))
         users = expand_paths(cfg.users, "users") if cfg.users else None
         items = expand_paths(cfg.items, "items") if cfg.items else None
         schema = cfg.schema_ or AttributeSchema()
@@ -389,4 +441,4 @@ def resolve_inputs(cfg: DataConfig) -> ResolvedInputs:
     fp = fingerprint_files([*events, *(users or [None]), *(items or [None])])
     return ResolvedInputs(events=events, users=users, items=items, columns=columns, schema=schema,
                           source=cfg.source, fingerprint=fp, timestamp_unit=cfg.timestamp_unit,
-                          null_event_type=cfg.null_event_type)
+                          null_event_type=cfg.null_event_type, partitions=partitions)

@@ -145,6 +145,13 @@ class Trained:
         return {"history": self.history, "training": self.record}
 
 
+@task(name="drift", cache_policy=NO_CACHE)
+def drift_task(dcfg, tracking, workdir: Path, data_path: str, run_dir: Path):
+    from tasks.drift import drift_gate
+
+    return drift_gate(dcfg, tracking, workdir, Path(data_path), run_dir, log=get_run_logger().warning)
+
+
 @task(name="select", cache_policy=NO_CACHE)
 def select_task(data_path: str, views: Path, candidates: list, scfg, seed: int, ecfg, run_dir: Path):
     from tasks.select import select
@@ -154,10 +161,12 @@ def select_task(data_path: str, views: Path, candidates: list, scfg, seed: int, 
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(data_path: str, views: Path, mcfg, tcfg, seed: int, ecfg, workdir: Path, run_dir: Path) -> Trained:
+def train_task(data_path: str, views: Path, mcfg, tcfg, seed: int, ecfg, workdir: Path, run_dir: Path,
+               init: dict | None = None) -> Trained:
     from tasks.train import train_in_workdir
 
-    out = train_in_workdir(Path(data_path), views, mcfg, tcfg, seed, ecfg, workdir, run_dir, log=get_run_logger().info)
+    out = train_in_workdir(Path(data_path), views, mcfg, tcfg, seed, ecfg, workdir, run_dir, log=get_run_logger().info,
+                           init=init)
     history = out.pop("history")
     return Trained(out, history)
 

@@ -619,6 +619,8 @@ def attach_run_report(client, mlflow_run_id: str, run_dir: Path, summary_path: P
     """The A/B report, the decision's figures and the run summary onto the run's MLflow record."""
     if (run_dir / "ab").is_dir():
         client.log_artifacts(mlflow_run_id, str(run_dir / "ab"), artifact_path="ab")
+    if (run_dir / "drift").is_dir():  # the drift report against the champion's data (tasks/drift.py)
+        client.log_artifacts(mlflow_run_id, str(run_dir / "drift"), artifact_path="drift")
     for k in ("lift", "ci_low", "ci_high", "p_value"):
         if ab.get(k) is not None:
             client.log_metric(mlflow_run_id, f"ab/{k}", float(ab[k]))

@@ -120,23 +120,24 @@ def data_id(data_path: Path, views: Path) -> str:
 
 
 def train_in_workdir(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int,
-                     ecfg: "EvalConfig", workdir: Path, run_dir: Path, log=print) -> dict:
+                     ecfg: "EvalConfig", workdir: Path, run_dir: Path, log=print, init: dict | None = None) -> dict:
     """The pipeline's train stage: the job's checkpoints live in <workdir>/checkpoints/<job key>, so a
     re-run after a crash resumes it; a second run of the same job waits for the first (one writer)."""
     from seqrec.fsutil import waiting_lock
 
     exclude_seen = bool(ecfg.exclude_seen)
-    job = TrainJob(data=data_id(data_path, views), model=mcfg, train=tcfg, seed=seed, exclude_seen=exclude_seen)
+    job = TrainJob(data=data_id(data_path, views), model=mcfg, train=tcfg, seed=seed, exclude_seen=exclude_seen,
+                   init=init["label"] if init else "")
     ckpt = Path(workdir) / "checkpoints" / job.key()
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     with waiting_lock(Path(str(ckpt) + ".lock"), log, f"another run is training the same job ({ckpt}); waiting"):
         return train(Path(data_path), views, mcfg, tcfg, seed, run_dir, log=log, exclude_seen=exclude_seen,
-                     ckpt_dir=ckpt, item_chunk=ecfg.item_chunk)
+                     ckpt_dir=ckpt, item_chunk=ecfg.item_chunk, init=init)
 
 
 def train(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int, run_dir: Path,
           log=print, exclude_seen: bool = True, ckpt_dir: Path | None = None, dist: DistContext = SINGLE,
-          item_chunk: int = DEFAULT_ITEM_CHUNK) -> dict:
+          item_chunk: int = DEFAULT_ITEM_CHUNK, init: dict | None = None) -> dict:
     """Fit (resuming from `ckpt_dir`/last.pt when a killed run left one), save model.pt in run_dir,
     then drop the checkpoint: the job is done. With `tcfg.processes` > 1 this launches torchrun
     (train_distributed), whose workers call this again with their `dist` (process group started):
@@ -145,13 +146,20 @@ def train(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, se
 
     if tcfg.processes > 1 and not dist.active:
         return train_distributed(data_path, views, mcfg, tcfg, seed, run_dir, tcfg.processes, log, exclude_seen,
-                                 ckpt_dir, item_chunk)
+                                 ckpt_dir, item_chunk, init)
     seed_everything(seed)
     net = build_net(data_path, views, mcfg)
+    warm = None
+    if init:  # `init`: {"bundle": the champion's bundle directory, "label": its name and version}
+        from tasks.warm import warm_start
+
+        warm = {"from": init["label"], **warm_start(net, Path(init["bundle"]), DataVersion(data_path).item_ids())}
+        log(f"warm start from {init['label']}: {warm['parameters_copied']}/{warm['parameters']} parameters, "
+            f"{warm['items']['matched']} items matched by id, {warm['items']['new']} new")
     seqs = load_sequences(data_path, views, mcfg.user_history)
     ckpt_dir = Path(ckpt_dir or Path(run_dir) / "checkpoints")
     trainer = Trainer(net, seqs, tcfg, seed, ckpt_dir, log, exclude_seen, dist, item_chunk,
-                      data=data_id(data_path, views))
+                      data=data_id(data_path, views), init=init["label"] if init else "")
     resumed = trainer.try_resume()
     fit = trainer.fit()
     model_path = Path(run_dir) / "model.pt"
@@ -163,6 +171,8 @@ def train(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, se
            "resumed": resumed,
            "device": str(trainer.device), "compiled": trainer.compiled,
            "training_windows": int(len(trainer.windows["seq"]))}
+    if warm is not None:
+        out["warm_start"] = warm
     if dist.active:
         out["world_size"] = dist.world_size
     return out
@@ -170,7 +180,7 @@ def train(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, se
 
 def train_distributed(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: TrainConfig, seed: int, run_dir: Path,
                       nproc: int, log=print, exclude_seen: bool = True, ckpt_dir: Path | None = None,
-                      item_chunk: int = DEFAULT_ITEM_CHUNK) -> dict:
+                      item_chunk: int = DEFAULT_ITEM_CHUNK, init: dict | None = None) -> dict:
     """`train` on `nproc` local processes (torchrun, DDP: gloo on CPU, NCCL on GPUs). Returns rank
     0's result dict; raises with the tail of the workers' output when the launch fails."""
     run_dir = Path(run_dir)
@@ -186,6 +196,8 @@ def train_distributed(data_path: Path, views: Path, mcfg: ModelConfig, tcfg: Tra
            "--config", str(job), "--result", str(result)]
     if ckpt_dir:
         cmd += ["--ckpt-dir", str(ckpt_dir)]
+    if init:
+        cmd += ["--init-bundle", str(init["bundle"]), "--init-label", init["label"]]
     env = {**os.environ, "OMP_NUM_THREADS": str(ddp.threads_per_process(tcfg.threads, DistContext(0, nproc)))}
     tail: deque[str] = deque(maxlen=60)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -227,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], help="override: dotted.key=value")
     ap.add_argument("--ckpt-dir", help="checkpoint directory (default RUN_DIR/checkpoints)")
     ap.add_argument("--result", help="rank 0 writes the result JSON here (default RUN_DIR/train_result.json)")
+    ap.add_argument("--init-bundle", help="warm start from this model bundle's weights (tasks/warm.py)")
+    ap.add_argument("--init-label", default="", help="what the warm start names it (model name and version)")
     args = ap.parse_args(argv)
     cfg = validate_tree(WorkerConfig, load_tree(args.config, args.set), args.config or "--set")
     ctx = ddp.from_env()
@@ -239,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     ecfg = resolve_exclude_seen(Path(args.data), cfg.eval)[0] if cfg.eval.exclude_seen == "auto" else cfg.eval
     res = train(Path(args.data), Path(args.views), cfg.model, tcfg, cfg.seed, Path(args.run_dir),
                 log=progress_printer(f"[rank{ctx.rank}] "), exclude_seen=ecfg.exclude_seen,
-                ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None, dist=ctx, item_chunk=cfg.eval.item_chunk)
+                ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None, dist=ctx, item_chunk=cfg.eval.item_chunk,
+                init={"bundle": args.init_bundle, "label": args.init_label} if args.init_bundle else None)
     if ctx.is_main:
         write_json_atomic(Path(args.result or Path(args.run_dir) / "train_result.json"), res)
     ddp.stop(ctx)
