@@ -40,7 +40,7 @@ def partition(src: Path, out: Path) -> list[str]:
     """Weekly partitions of the events; returns the partition values (Mondays, ISO)."""
     ev = pd.read_parquet(src / "events.parquet")
     day = pd.to_datetime(ev["timestamp"], unit="s").dt.normalize()
-    monday = (day - pd.to_timedelta(day.dt.weekday, unit="D")).dt.strftime("%Y-%m-%d")
+    monday = (day - pd.to_timedelta(day.dt.day_of_week, unit="D")).dt.strftime("%Y-%m-%d")
     for value, part in ev.groupby(monday):
         d = out / "events" / f"date={value}"
         d.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from seqrec.errors import SeqrecError
-from serving.engine import Answer, BatchRequest, EventsRequest, RecommendRequest, Recommender, RequestError
+from serving.engine import (Answer, BatchRequest, EventsRequest, NotReady, RecommendRequest, Recommender,
+                            RequestError)
 
 log = logging.getLogger("seqrec.serve")
 
@@ -60,13 +61,14 @@ class Batcher:
         self.metrics = metrics
         self.pending: list[tuple[list, asyncio.Future]] = []
         self.running = False
+        self._task: asyncio.Task | None = None
 
     async def submit(self, requests: list) -> list:
         fut = asyncio.get_running_loop().create_future()
         self.pending.append((requests, fut))
         if not self.running:
             self.running = True
-            asyncio.create_task(self._drain())
+            self._task = asyncio.create_task(self._drain())  # a reference: the loop keeps only weak ones
         return await fut
 
     async def _drain(self) -> None:
@@ -126,8 +128,8 @@ def create_app(recommender: Recommender, metrics: Metrics, on_start: Callable[[]
     async def bad_request(request: Request, exc: RequestError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    @app.exception_handler(LookupError)
-    async def not_ready(request: Request, exc: LookupError):
+    @app.exception_handler(NotReady)
+    async def not_ready(request: Request, exc: NotReady):
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(int(cfg.poll_s))})
 
     @app.post("/recommend", response_model=Answer)
@@ -161,7 +163,7 @@ def create_app(recommender: Recommender, metrics: Metrics, on_start: Callable[[]
         frame = await _mlflow_frame(request)
         model = follower.get(cfg.alias)
         if model is None:
-            raise LookupError(f"no model loaded for @{cfg.alias} yet")
+            raise NotReady(f"no model loaded for @{cfg.alias} yet")
         try:
             out = await anyio.to_thread.run_sync(lambda: model.scorer.recommend(frame, k=10))
         except (SeqrecError, ValueError) as e:  # the pyfunc's input rules and pandas' conversions

@@ -89,6 +89,10 @@ class RequestError(ValueError):
     """A request the service cannot answer as asked (HTTP 400): names the field and the rule."""
 
 
+class NotReady(LookupError):
+    """No model is loaded for the alias yet (HTTP 503)."""
+
+
 @dataclass
 class Job:
     request: RecommendRequest
@@ -124,12 +128,12 @@ class Recommender:
 
     def answer(self, requests: list[RecommendRequest]) -> list[Answer]:
         """Answers in request order. Raises RequestError for a request that cannot be answered
-        (unknown filter attribute); LookupError when no model is loaded."""
+        (unknown filter attribute); NotReady when no model is loaded."""
         for r in requests:
             self.check(r)
         champion = self.follower.get(self.cfg.alias)
         if champion is None:
-            raise LookupError(f"no model loaded for @{self.cfg.alias} yet")
+            raise NotReady(f"no model loaded for @{self.cfg.alias} yet")
         challenger = self.follower.get(self.cfg.challenger_alias) if len(self.follower.aliases) > 1 else None
         arms = {self.cfg.alias: champion}
         if challenger is not None:

@@ -182,6 +182,7 @@ class Scorer:
         self.hist_train_n = hist["train_events"].to_numpy(np.int64) if "train_events" in hist else None
         self.hist_last_ts = hist["last_timestamp"].to_numpy(np.int64) if "last_timestamp" in hist else None
         self.item_info = self._load_item_info(root)
+        self._masks: dict[tuple, np.ndarray] = {}
         self.etype_index = pd.Index(self.info["event_types"])
         self.edges = np.asarray(self.info["gap_bucket_edges_s"], np.int64)
         self.net: SeqRecNet | None = None
@@ -225,6 +226,14 @@ class Scorer:
         multi-valued attribute: has one of them). A KeyError names an unknown attribute."""
         if column not in self.item_info.columns:
             raise KeyError(column)
+        key = (column, tuple(sorted(map(str, values))))
+        if key not in self._masks:
+            if len(self._masks) >= 1024:  # a bounded cache: filters repeat (a category page, a genre row)
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[key] = self._attribute_mask(column, values)
+        return self._masks[key]
+
+    def _attribute_mask(self, column: str, values: list[str]) -> np.ndarray:
         col = self.item_info[column]
         wanted = {str(v) for v in values}
         if column in self.info.get("item_multi", []):

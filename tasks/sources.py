@@ -152,6 +152,14 @@ class DataConfig(BaseModel):
     def _normalised(cls, v: str | None) -> str | None:
         return None if v is None else normalise_label(v) or None
 
+    @field_validator("until", mode="before")
+    @classmethod
+    def _iso_date(cls, v):
+        """YAML (and `--set data.until=2026-11-30`) reads an unquoted date as a date: back to its ISO text."""
+        import datetime as dt
+
+        return v.isoformat() if isinstance(v, (dt.date, dt.datetime)) else v
+
 
 class ResolvedInputs(BaseModel):
     """What ingest hands on: concrete files and how to read them."""

@@ -46,6 +46,9 @@ def test_a_cut_off_reads_the_partitions_up_to_it(tmp_path):
     today = dt.datetime.now(dt.timezone.utc).date()
     assert cut_off("today") == today.isoformat() and cut_off("yesterday") == (today - dt.timedelta(days=1)).isoformat()
     assert cut_off("2026-11-29") == "2026-11-29"
+    from flows.config import load_config
+
+    assert load_config(None, ["data.until=2026-11-29"]).data.until == "2026-11-29"  # YAML reads it as a date
 
 
 def test_cut_off_errors_name_the_file_and_the_rule(tmp_path):
