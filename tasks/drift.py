@@ -107,43 +107,55 @@ def js_distance(a: pd.Series, b: pd.Series) -> float:
     return float(jensenshannon(p / p.sum(), q / q.sum(), base=2))
 
 
-def _train_events(dv: DataVersion) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """(user ids per user row, item ids of every training event, event-type names of every training
-    event) of a data version."""
+@dataclass
+class Counts:
+    """A data version's training events, counted (never one Python object per event: 10M-event logs)."""
+
+    items: pd.Series        # training events per item id (items with none left out)
+    types: pd.Series        # per event-type name
+    users: pd.Series        # per user id (users with no training event left out)
+
+    @property
+    def events(self) -> int:
+        return int(self.items.sum())
+
+
+def _counts(dv: DataVersion) -> Counts:
     users, flat, offsets = dv.flat_sequences(["items", "event_types"])
     n_train = users["n_train"].to_numpy(np.int64)
-    pos = np.concatenate([np.arange(o, o + n) for o, n in zip(offsets[:-1], n_train)]) if len(n_train) else \
-        np.zeros(0, np.int64)
+    # the first n_train events of each user, as one mask over the flattened events
+    pos = np.arange(offsets[-1]) - np.repeat(offsets[:-1], users["n_events"].to_numpy(np.int64))
+    train = pos < np.repeat(n_train, users["n_events"].to_numpy(np.int64))
+    items = np.bincount(flat["items"][train].astype(np.int64), minlength=dv.n_items)
+    types = np.bincount(flat["event_types"][train].astype(np.int64), minlength=len(dv.event_types))
     ids = dv.item_ids()
-    etypes = np.asarray(dv.event_types, dtype=object)
-    return users, ids[flat["items"][pos]].astype(str), etypes[flat["event_types"][pos]].astype(str)
-
-
-def _user_ids(dv: DataVersion) -> pd.Series:
-    vocab = pd.read_parquet(dv.vocab_dir / "users.parquet")
-    return vocab.set_index("user_idx")["user_id"].astype(str)
+    keep = np.flatnonzero(items)
+    vocab = pd.read_parquet(dv.vocab_dir / "users.parquet").set_index("user_idx")["user_id"].astype(str)
+    per_user = pd.Series(n_train, index=vocab.reindex(users["user_idx"]).to_numpy(dtype=str))
+    return Counts(pd.Series(items[keep], index=ids[keep].astype(str)),
+                  pd.Series(types, index=pd.Index(dv.event_types, dtype=str)),
+                  per_user[per_user > 0])
 
 
 def compare(reference: Path, current: Path, cfg: DriftConfig, champion_version: int | None) -> DriftReport:
     from scipy.stats import ks_2samp
 
     ref, cur = DataVersion(reference), DataVersion(current)
-    ru, r_items, r_types = _train_events(ref)
-    cu, c_items, c_types = _train_events(cur)
-    r_users, c_users = _user_ids(ref), _user_ids(cur)
-    c_event_users = np.repeat(c_users.reindex(cu["user_idx"]).to_numpy(dtype=str), cu["n_train"].to_numpy())
-    new_item_share = float(np.mean(~pd.Series(c_items).isin(set(r_items)))) if len(c_items) else 0.0
-    new_user_share = float(np.mean(~pd.Series(c_event_users).isin(set(r_users)))) if len(c_event_users) else 0.0
-    pop_js = js_distance(pd.Series(r_items).value_counts(), pd.Series(c_items).value_counts())
-    type_js = js_distance(pd.Series(r_types).value_counts(), pd.Series(c_types).value_counts())
-    ratio = len(c_items) / max(len(r_items), 1)
-    figures = {"events_then": int(len(r_items)), "events_now": int(len(c_items)), "events_ratio": round(ratio, 4),
-               "users_then": int(len(r_users)), "users_now": int(len(c_users)),
-               "items_then": int(len(set(r_items))), "items_now": int(len(set(c_items))),
-               "new_items": int(len(set(c_items) - set(r_items))), "new_item_event_share": round(new_item_share, 4),
-               "new_users": int(len(set(c_users) - set(r_users))), "new_user_event_share": round(new_user_share, 4),
+    r, c = _counts(ref), _counts(cur)
+    new_items = ~c.items.index.isin(r.items.index)
+    new_users = ~c.users.index.isin(r.users.index)
+    new_item_share = float(c.items[new_items].sum() / max(c.events, 1))
+    new_user_share = float(c.users[new_users].sum() / max(c.events, 1))
+    pop_js = js_distance(r.items, c.items)
+    type_js = js_distance(r.types, c.types)
+    ratio = c.events / max(r.events, 1)
+    figures = {"events_then": r.events, "events_now": c.events, "events_ratio": round(ratio, 4),
+               "users_then": int(len(r.users)), "users_now": int(len(c.users)),
+               "items_then": int(len(r.items)), "items_now": int(len(c.items)),
+               "new_items": int(new_items.sum()), "new_item_event_share": round(new_item_share, 4),
+               "new_users": int(new_users.sum()), "new_user_event_share": round(new_user_share, 4),
                "popularity_js": round(pop_js, 4), "event_type_js": round(type_js, 4),
-               "events_per_user_ks": round(float(ks_2samp(ru["n_train"], cu["n_train"]).statistic), 4)}
+               "events_per_user_ks": round(float(ks_2samp(r.users.to_numpy(), c.users.to_numpy()).statistic), 4)}
     columns = _column_distances(ref, cur)
     checks = [
         {"check": "popularity_js", "value": pop_js, "limit": cfg.max_popularity_js},
