@@ -36,11 +36,16 @@ sys.path.insert(0, str(ROOT))
 SEQREC = str(Path(sys.executable).with_name("seqrec"))
 
 
-def partition(src: Path, out: Path) -> list[str]:
-    """Weekly partitions of the events; returns the partition values (Mondays, ISO)."""
-    ev = pd.read_parquet(src / "events.parquet")
+def partition(src: Path, out: Path, every: str = "week") -> list[str]:
+    """Weekly (or monthly) partitions of the events; returns the partition values (the first day of
+    each, ISO)."""
+    ev = pd.read_parquet(src / "events.parquet") if (src / "events.parquet").is_file() else \
+        pd.read_parquet(src / "events")
     day = pd.to_datetime(ev["timestamp"], unit="s").dt.normalize()
-    monday = (day - pd.to_timedelta(day.dt.day_of_week, unit="D")).dt.strftime("%Y-%m-%d")
+    if every == "week":
+        monday = (day - pd.to_timedelta(day.dt.day_of_week, unit="D")).dt.strftime("%Y-%m-%d")
+    else:
+        monday = day.dt.strftime("%Y-%m-01")
     for value, part in ev.groupby(monday):
         d = out / "events" / f"date={value}"
         d.mkdir(parents=True, exist_ok=True)
@@ -81,22 +86,31 @@ def main() -> None:
     ap.add_argument("--periods", type=int, default=4)
     ap.add_argument("--first-share", type=float, default=0.7)
     ap.add_argument("--ports", default="14200,15000,18090", help="Prefect, MLflow, service")
+    ap.add_argument("--source", choices=["ml-100k", "synthetic"], default="ml-100k")
+    ap.add_argument("--synth", default="20000,5000,1000000", help="users,items,events of the synthetic log")
+    ap.add_argument("--max-seconds", type=float, default=None, help="train.max_seconds of every training")
     args = ap.parse_args()
     wd = args.workdir.resolve()
     if wd.exists():
         sys.exit(f"{wd} exists; give a fresh directory")
-    from tasks.sources import ML100K_SCHEMA, DataConfig, resolve_inputs
+    from tasks.sources import ML100K_SCHEMA, SYNTH_SCHEMA, DataConfig, resolve_inputs
 
-    src = Path(resolve_inputs(DataConfig()).events[0]).parent
+    if args.source == "ml-100k":
+        src, schema, every = Path(resolve_inputs(DataConfig()).events[0]).parent, ML100K_SCHEMA, "week"
+    else:
+        u, i, e = (int(x) for x in args.synth.split(","))
+        synth = DataConfig(source="synthetic", synthetic={"users": u, "items": i, "events": e, "seed": 0})
+        src, schema, every = Path(resolve_inputs(synth).events[0]).parents[1], SYNTH_SCHEMA, "month"
     data = wd.parent / f"{wd.name}-events"
-    weeks = partition(src, data)
+    weeks = partition(src, data, every)
     counts = pd.Series({w: len(pd.read_parquet(data / "events" / f"date={w}")) for w in weeks})
     periods = cut_offs(weeks, counts, args.first_share, args.periods)
     p_prefect, p_mlflow, p_serve = (int(x) for x in args.ports.split(","))
     cfg = {"data": {"source": "files", "events": str(data / "events"), "users": str(data / "users.parquet"),
-                    "items": str(data / "items.parquet"), "schema": ML100K_SCHEMA.model_dump(),
+                    "items": str(data / "items.parquet"), "schema": schema.model_dump(),
                     "until": periods[0]},
-           "train": {"init_from": "champion", "progress": False},
+           "train": {"init_from": "champion", "progress": False,
+                     **({"max_seconds": args.max_seconds} if args.max_seconds else {})},
            "server": {"prefect_port": p_prefect, "mlflow_port": p_mlflow}}
     wd.mkdir(parents=True)
     cfg_path = wd.parent / f"{wd.name}-config.yaml"
