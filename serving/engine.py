@@ -24,8 +24,6 @@ from serving.follower import Loaded, ModelFollower
 from serving.store import EventStore, Impression
 from tasks.bundle import Encoded
 
-ID = Field(min_length=1, max_length=512)
-
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
