@@ -365,3 +365,27 @@ def test_the_command_serves_and_stops(workdir):
         _champion(workdir, 3)
     assert proc.returncode in (0, -signal.SIGTERM), out[-2000:]  # uvicorn re-raises the signal after a clean shutdown
     assert "now version 4" in out
+
+
+def test_invocations_answer_as_the_mlflow_pyfunc(workdir):
+    """POST /invocations (MLflow's scoring protocol) returns what the registered pyfunc predicts."""
+    import mlflow
+
+    from tasks.tracking import tracking_uri, TrackingConfig
+
+    mlflow.set_tracking_uri(tracking_uri(TrackingConfig(), workdir))
+    model = mlflow.pyfunc.load_model("models:/seqrec/3")
+    scorer = model.unwrap_python_model().scorer
+    users = [str(u) for u in scorer.hist_index[:5]]
+    frame = pd.DataFrame({"user_id": [*users, None], "history": [None] * 5 + [[str(scorer.item_ids[2])]],
+                          "k": [3] * 6})
+    expected = model.predict(frame)
+    svc = _service(workdir)
+    with _client(svc) as c:
+        _ready(c, 3)
+        split = {"columns": ["user_id", "history", "k"], "data": frame.astype(object).where(frame.notna(), None).values.tolist()}
+        got = c.post("/invocations", json={"dataframe_split": split})
+    assert got.status_code == 200, got.text
+    rows = got.json()["predictions"]
+    assert [r["item_ids"] for r in rows] == [list(x) for x in expected["item_ids"]]
+    assert [r["source"] for r in rows] == list(expected["source"])
