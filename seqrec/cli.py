@@ -161,23 +161,26 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="overri
 WorkdirOpt = Annotated[Path, typer.Option(help="work directory of the runs (default store: <workdir>/mlflow.db)")]
 
 
+def _config(config: Optional[Path], set_: Optional[list[str]], workdir: Path):
+    """(PipelineConfig with checked paths, absolute workdir)."""
+    _env_defaults()
+    from flows.config import check_paths, load_config
+    from seqrec.errors import SeqrecError
+
+    try:
+        return check_paths(load_config(config, set_ or []), workdir), workdir.resolve()
+    except SeqrecError as e:
+        _fail(str(e))
+
+
 def _registry(config: Optional[Path], set_: Optional[list[str]], workdir: Path, write: bool = True):
     """(Registry, TrackingConfig, workdir) from the same config the training flow reads. `write`:
     the command takes the registry lock / appends to the promotion log, so a store other than a
     local SQLite file needs a shared `tracking.registry_dir`."""
-    _env_defaults()
-    from flows.config import load_config
     from seqrec.errors import SeqrecError
-
-    from flows.config import check_paths
-
-    try:
-        cfg = check_paths(load_config(config, set_ or []), workdir)
-    except SeqrecError as e:
-        _fail(str(e))
     from tasks.registry import open_registry
 
-    workdir = workdir.resolve()
+    cfg, workdir = _config(config, set_, workdir)
     try:
         return open_registry(cfg.tracking, workdir, require_shared=write), cfg.tracking, workdir
     except SeqrecError as e:
@@ -394,18 +397,6 @@ def serve_report(
         typer.echo(json.dumps(rep, indent=2))
         return
     typer.echo(rep["text"])
-
-
-def _config(config: Optional[Path], set_: Optional[list[str]], workdir: Path):
-    """(PipelineConfig with checked paths, absolute workdir)."""
-    _env_defaults()
-    from flows.config import check_paths, load_config
-    from seqrec.errors import SeqrecError
-
-    try:
-        return check_paths(load_config(config, set_ or []), workdir), workdir.resolve()
-    except SeqrecError as e:
-        _fail(str(e))
 
 
 # --------------------------------------------------------------------------- servers and deployments

@@ -214,17 +214,16 @@ class Recommender:
                                                  [r.event_types for r in hr], [r.timestamps for r in hr]),
                            ["history"] * len(hist_rows)))
         for sel, enc, src in groups:
-            # exclude_seen: per request; the scorer applies one setting per call
-            for flag in {reqs[i].exclude_seen for i in sel}:
-                part = [j for j, i in enumerate(sel) if reqs[i].exclude_seen == flag]
-                sub = Encoded([enc.items[j] for j in part], [enc.etypes[j] for j in part], [enc.gaps[j] for j in part],
-                              enc.users[part])
-                ids = [sel[j] for j in part]
-                top_i, top_v, top_n = sc.top_k(sub, max(reqs[i].k for i in ids), flag, [blocked[i] for i in ids],
-                                               allowed[ids])
-                for j, i in enumerate(ids):
-                    m = min(reqs[i].k, int(top_n[j]))
-                    out[i] = (top_i[j, :m], [float(x) for x in top_v[j, :m]], src[part[j]])
+            # seen items are excluded per request (default: as the model was evaluated), as blocked items
+            seen = [enc.items[j] if (reqs[i].exclude_seen if reqs[i].exclude_seen is not None
+                                     else sc.info["exclude_seen"]) else np.zeros(0, np.int64)
+                    for j, i in enumerate(sel)]
+            top_i, top_v, top_n = sc.top_k(enc, max(reqs[i].k for i in sel), False,
+                                           [np.concatenate([blocked[i], seen[j]]) for j, i in enumerate(sel)],
+                                           allowed[sel])
+            for j, i in enumerate(sel):
+                m = min(reqs[i].k, int(top_n[j]))
+                out[i] = (top_i[j, :m], [float(x) for x in top_v[j, :m]], src[j])
         for i in range(n):
             if out[i] is None:  # nothing known about the user: the most popular allowed items
                 order = sc.popular

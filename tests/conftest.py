@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -152,3 +153,35 @@ def registry_scenario(tmp_path_factory, prefect_harness, cache_dir):
             "strong": registry_cfg(train__epochs=15), "same": registry_cfg(train__epochs=15)}
     out = {name: training_flow(config=cfg, workdir=str(wd), run_id=name) for name, cfg in runs.items()}
     return wd, out
+
+
+SEQREC = str(Path(sys.executable).with_name("seqrec"))
+
+
+def seqrec_cli(wd: Path, *args: str, cwd: Path | None = None):
+    """`seqrec ARGS --workdir WD` as a user runs it (its own Prefect home, the work directory's store)."""
+    import subprocess
+
+    env = {**os.environ, "PREFECT_HOME": str(wd.parent / "prefect-home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([SEQREC, *args, "--workdir", str(wd)], capture_output=True, text=True, timeout=300,
+                          cwd=cwd or wd.parent, env=env)
+
+
+def registry_of(wd: Path):
+    """The registry of a work directory's default store."""
+    from tasks.registry import open_registry
+    from tasks.tracking import TrackingConfig
+
+    return open_registry(TrackingConfig(), wd)
+
+
+def copy_workdir(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
+    """A copy of a work directory to change without touching the original (its registry and MLflow
+    store; artifacts stay where the store says). The promotion log's store marker names the
+    original store, so the copy starts without one."""
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "prefect-results", "dask-scratch", *skip))
+    (dst / "registry" / "tracking_store.json").unlink(missing_ok=True)
+    return dst

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from seqrec.errors import DataContractError, SeqrecError
+from tests.conftest import copy_workdir
 
 
 def _partitioned(root: Path) -> Path:
@@ -127,8 +128,7 @@ def test_the_gate_stops_a_run_before_training(registry_scenario, tmp_path, prefe
 
     src, _ = registry_scenario
     wd = tmp_path / "wd"
-    shutil.copytree(src, wd, ignore=shutil.ignore_patterns("checkpoints", "prefect-results", "dask-scratch"))
-    (wd / "registry" / "tracking_store.json").unlink(missing_ok=True)
+    copy_workdir(src, wd)
     before = len(open_registry(TrackingConfig(), wd).versions())
     shifted = {**REGISTRY_SYNTH, "events": 20_000, "zipf": 1.4}
     cfg = registry_cfg(data__synthetic=shifted, drift__mode="stop", drift__max_popularity_js=0.01, train__epochs=1)
@@ -149,8 +149,7 @@ def test_the_gate_stops_a_run_before_training(registry_scenario, tmp_path, prefe
 def scenario_copy(registry_scenario, tmp_path_factory) -> Path:
     src, _ = registry_scenario
     wd = tmp_path_factory.mktemp("arrival") / "wd"
-    shutil.copytree(src, wd, ignore=shutil.ignore_patterns("checkpoints", "prefect-results", "dask-scratch"))
-    (wd / "registry" / "tracking_store.json").unlink(missing_ok=True)  # it names the original store
+    copy_workdir(src, wd)
     return wd
 
 

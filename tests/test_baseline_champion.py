@@ -8,15 +8,14 @@ users and promotes a network through the normal path."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import registry_of as _registry
+from tests.conftest import seqrec_cli as _cli
 from tests.conftest import with_changes
 
 SYNTH = {"users": 600, "items": 100, "events": 24_000, "seed": 7}  # test_registry's log: one cache entry
@@ -24,7 +23,6 @@ BASE = {"data": {"source": "synthetic", "synthetic": SYNTH},
         "dask": {"processes": False, "n_workers": 1, "threads_per_worker": 2},
         "model": {"dim": 32, "max_len": 20}, "train": {"batch_size": 64, "threads": 1, "progress": False},
         "ab": {"baseline": "markov", "latency_users": 30}}
-SEQREC = str(Path(sys.executable).with_name("seqrec"))
 # the network cannot win: one epoch at a learning rate that barely moves it (test_registry's "crippled")
 LOSES = {"train__epochs": 1, "train__lr": 1e-5}
 # a challenger the gate passes on purpose: non-inferiority within a margin no model can miss, guardrails
@@ -37,13 +35,6 @@ def _cfg(**changes):
     from flows.config import validate_config
 
     return validate_config(with_changes(BASE, **changes))
-
-
-def _registry(wd: Path):
-    from tasks.registry import open_registry
-    from tasks.tracking import TrackingConfig
-
-    return open_registry(TrackingConfig(), wd)
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +145,6 @@ def test_the_baseline_champion_serves_real_items(runs):
         assert not set(out["item_ids"][5]) & set(given)
     assert all(np.isfinite(x).all() for x in out["scores"][:6])
     assert reg.version(2).tags["kind"] == "baseline"
-
-
-def _cli(wd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(wd.parent / "prefect-home")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([SEQREC, *args, "--workdir", str(wd)], capture_output=True, text=True, timeout=300,
-                          cwd=wd.parent, env=env)
 
 
 def test_recommend_score_and_the_scoring_flow_with_the_baseline_champion(runs, tmp_path):

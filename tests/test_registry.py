@@ -18,27 +18,13 @@ import pytest
 
 from tests.conftest import REGISTRY_SYNTH as SYNTH
 from tests.conftest import registry_cfg as _cfg
-
-SEQREC = str(Path(sys.executable).with_name("seqrec"))
+from tests.conftest import registry_of as _registry
+from tests.conftest import seqrec_cli as _cli
 
 
 @pytest.fixture(scope="module")
 def scenario(registry_scenario):
     return registry_scenario
-
-
-def _registry(wd: Path):
-    from tasks.registry import open_registry
-    from tasks.tracking import TrackingConfig
-
-    return open_registry(TrackingConfig(), wd)
-
-
-def _cli(wd: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(wd.parent / "prefect-home")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([SEQREC, *args, "--workdir", str(wd)], capture_output=True, text=True, timeout=300,
-                          cwd=cwd or wd.parent, env=env)
 
 
 def test_promotion_decisions(scenario):

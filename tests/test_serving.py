@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-SEQREC = str(Path(sys.executable).with_name("seqrec"))
+from tests.conftest import SEQREC, copy_workdir
+from tests.conftest import registry_of as _registry
+from tests.conftest import seqrec_cli as _cli
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,7 @@ def workdir(registry_scenario, tmp_path_factory) -> Path:
     """A copy of the scenario's work directory (the registry tests keep theirs), champion = 3."""
     src, _ = registry_scenario
     wd = tmp_path_factory.mktemp("serving") / "wd"
-    shutil.copytree(src, wd, ignore=shutil.ignore_patterns("data", "checkpoints", "prefect-results", "dask-scratch"))
-    (wd / "registry" / "tracking_store.json").unlink(missing_ok=True)  # it names the original store
+    copy_workdir(src, wd, skip=("data",))
     _champion(wd, 3)
     return wd
 
@@ -36,13 +36,6 @@ def _champion(wd: Path, version: int) -> None:
     reg = _registry(wd)
     if reg.champion() != version:
         reg.promote_command(version, force=True)
-
-
-def _registry(wd: Path):
-    from tasks.registry import open_registry
-    from tasks.tracking import TrackingConfig
-
-    return open_registry(TrackingConfig(), wd)
 
 
 def _service(wd: Path, **serve):
@@ -67,13 +60,6 @@ def _ready(c, version: int | None = None, timeout: float = 60) -> dict:
             return r.json()
         time.sleep(0.1)
     raise AssertionError(f"not ready (version {version}) after {timeout}s: {r.json()}")
-
-
-def _cli(wd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(wd.parent / "prefect-home")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([SEQREC, *args, "--workdir", str(wd)], capture_output=True, text=True, timeout=300,
-                          cwd=wd.parent, env=env)
 
 
 def test_answers_equal_the_batch_scores(workdir, tmp_path):
