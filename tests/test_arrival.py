@@ -118,6 +118,7 @@ def test_no_drift_against_itself_and_a_shift_is_measured(two_versions, tmp_path)
     assert "| popularity_js |" in (out / "drift.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_gate_stops_a_run_before_training(registry_scenario, tmp_path, prefect_harness):
     """drift.mode=stop with a limit today's data breaks: the run fails at `drift`, nothing is trained
     or registered, and the error names the check; under warn the same data trains."""
@@ -191,6 +192,7 @@ def test_warm_start_maps_items_by_id(scenario_copy, tmp_path):
         assert stats["items"]["matched"] > 0 and np.isfinite(net.items.id_emb.weight.detach().numpy()).all()
 
 
+@pytest.mark.slow
 def test_a_warm_started_run_records_where_it_started(scenario_copy, prefect_harness):
     from flows.training import training_flow
     from tests.conftest import REGISTRY_SYNTH, registry_cfg
